@@ -1,0 +1,47 @@
+//! Compiles proto/ into Rust with a pure-Rust protobuf compiler (protox), so a
+//! fresh machine needs no `protoc`. Emits the file descriptor set that gRPC
+//! reflection serves and the protojson (serde) impls used by `POST /json`.
+
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &["envoy/service/ratelimit/v3/rls.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for entry in walk("proto")? {
+        println!("cargo:rerun-if-changed={}", entry.display());
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptor_path = out.join("sluice_descriptor.bin");
+
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&fds))?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_well_known_types(true)
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .compile_fds(fds)?;
+
+    let descriptors = std::fs::read(&descriptor_path)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .build(&[".envoy"])?;
+    Ok(())
+}
+
+fn walk(dir: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut stack = vec![PathBuf::from(dir)];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    Ok(files)
+}

@@ -1,0 +1,108 @@
+//! The HTTP side: `/healthz`, `/readyz`, `/metrics`, and `POST /json`,
+//! which takes a protojson `RateLimitRequest` and answers a protojson
+//! `RateLimitResponse` (200 OK, 429 over limit, 400 bad input), as
+//! envoyproxy/ratelimit offers.
+//!
+//! May depend on: `engine`, `grpc::{pb, convert}` (the protocol types),
+//! `telemetry`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
+
+use crate::engine::{Code, DecideError, Engine};
+use crate::grpc::convert;
+use crate::grpc::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use crate::store::CounterStore;
+use crate::telemetry::metrics::{self, Metrics, Outcome};
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct HttpState<S> {
+    pub engine: Arc<Engine<S>>,
+    pub metrics: Arc<Metrics>,
+    pub registry: Registry,
+    /// A configuration has been loaded.
+    pub ready: Arc<AtomicBool>,
+    /// Shutdown has begun.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// The HTTP routes.
+pub fn router<S: CounterStore>(state: Arc<HttpState<S>>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz::<S>))
+        .route("/metrics", get(metrics_text::<S>))
+        .route("/json", post(json::<S>))
+        .with_state(state)
+}
+
+async fn readyz<S: CounterStore>(State(st): State<Arc<HttpState<S>>>) -> Response {
+    if st.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !st.ready.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics_text<S: CounterStore>(State(st): State<Arc<HttpState<S>>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics::render(&st.registry),
+    )
+        .into_response()
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+async fn json<S: CounterStore>(State(st): State<Arc<HttpState<S>>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    if st.draining.load(Ordering::Relaxed) {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "sluice is shutting down");
+    }
+    let msg: RateLimitRequest = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            st.metrics.record_rpc(started, Outcome::Error);
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("body is not a protojson RateLimitRequest: {e}"),
+            );
+        }
+    };
+    match st.engine.decide(&convert::request(&msg)).await {
+        Ok(decision) => {
+            let (status, outcome) = match decision.overall {
+                Code::Ok => (StatusCode::OK, Outcome::Ok),
+                Code::OverLimit => (StatusCode::TOO_MANY_REQUESTS, Outcome::OverLimit),
+            };
+            st.metrics.record_rpc(started, outcome);
+            (status, axum::Json(convert::response(decision))).into_response()
+        }
+        Err(DecideError::Invalid(e)) => {
+            st.metrics.record_rpc(started, Outcome::Error);
+            json_error(StatusCode::BAD_REQUEST, &e.to_string())
+        }
+        Err(DecideError::Store(e)) => {
+            st.metrics.record_rpc(started, Outcome::Error);
+            tracing::warn!(error = %e, "counter store failed");
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "counter store unavailable")
+        }
+    }
+}

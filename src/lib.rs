@@ -1,0 +1,25 @@
+//! sluice: a rate-limit decision service, wire-compatible with Envoy's
+//! external rate-limit protocol.
+//!
+//! # Layout
+//!
+//! Dependencies point inward:
+//!
+//! * [`core`]: the pure model: units, limits, algorithms, the rule tree and
+//!   its matching, counter keys, per-rule statistics. No I/O, no async.
+//! * [`store`]: the counter-store trait and the in-memory store.
+//! * [`engine`]: request → decision, over `core` and the store trait.
+//! * [`config`]: YAML files → `core` rules, validation, the file watcher.
+//! * [`grpc`], [`http`]: protocol adapters; translate and call the engine.
+//! * [`telemetry`]: logging and Prometheus metrics.
+//! * [`app`]: the one place that wires concrete parts together and runs
+//!   them until shutdown.
+
+pub mod app;
+pub mod config;
+pub mod core;
+pub mod engine;
+pub mod grpc;
+pub mod http;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,261 @@
+//! The Prometheus metrics of the service.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::core::stats::StatsSnapshot;
+use crate::engine::Engine;
+use crate::store::{CounterStore, StoreStats};
+
+/// Upper bounds of the RPC latency buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 1.0,
+];
+
+/// How an RPC ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    OverLimit,
+    Error,
+}
+
+/// A latency histogram made of atomics: observing is two relaxed adds and
+/// a short scan, with no lock shared between requests.
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    fn observe_ns(&self, ns: u64) {
+        #[allow(clippy::cast_precision_loss)]
+        let secs = ns as f64 / 1e9;
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// (sum in seconds, count, per-bucket counts); the encoder makes them
+    /// cumulative.
+    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut count = 0;
+        let mut out = Vec::with_capacity(self.buckets.len());
+        for (i, b) in self.buckets.iter().enumerate() {
+            let n = b.load(Relaxed);
+            count += n;
+            out.push((LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), n));
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let sum = self.sum_ns.load(Relaxed) as f64 / 1e9;
+        (sum, count, out)
+    }
+}
+
+/// Service-wide metrics, shared by the gRPC and HTTP front ends.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    latency: Histogram,
+    ok: AtomicU64,
+    over_limit: AtomicU64,
+    errors: AtomicU64,
+    /// Configuration loads that were applied.
+    pub config_load_success: Counter,
+    /// Configuration loads that were rejected (the previous one kept serving).
+    pub config_load_error: Counter,
+}
+
+impl Metrics {
+    /// Records one ShouldRateLimit call (gRPC or `/json`).
+    pub fn record_rpc(&self, started: Instant, outcome: Outcome) {
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.latency.observe_ns(ns);
+        match outcome {
+            Outcome::Ok => &self.ok,
+            Outcome::OverLimit => &self.over_limit,
+            Outcome::Error => &self.errors,
+        }
+        .fetch_add(1, Relaxed);
+    }
+}
+
+/// What the collector reads from the engine at scrape time.
+pub trait StatsSource: Send + Sync + std::fmt::Debug + 'static {
+    /// Every rule and dynamic metric key with its counters.
+    fn rule_stats(&self) -> Vec<(Arc<str>, StatsSnapshot)>;
+    fn store_stats(&self) -> StoreStats;
+    /// Hits recorded on a rule's own key because the metric-key cap was hit.
+    fn metric_key_overflow(&self) -> u64;
+}
+
+impl<S: CounterStore> StatsSource for Engine<S> {
+    fn rule_stats(&self) -> Vec<(Arc<str>, StatsSnapshot)> {
+        let rules = self.rules();
+        let mut out: Vec<(Arc<str>, StatsSnapshot)> = rules
+            .rules()
+            .into_iter()
+            .map(|r| (r.stats_key.clone(), r.stats.snapshot()))
+            .collect();
+        out.extend(
+            self.dynamic_stats()
+                .snapshot()
+                .into_iter()
+                .map(|(k, s)| (Arc::from(k), s.snapshot())),
+        );
+        out.push((Arc::from("(untracked overrides)"), self.override_stats().snapshot()));
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
+    }
+
+    fn store_stats(&self) -> StoreStats {
+        self.store().store_stats()
+    }
+
+    fn metric_key_overflow(&self) -> u64 {
+        self.dynamic_stats().overflow()
+    }
+}
+
+#[derive(Debug)]
+struct ServiceCollector {
+    metrics: Arc<Metrics>,
+    source: Arc<dyn StatsSource>,
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    let m = encoder.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+impl Collector for ServiceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = self.metrics.latency.snapshot();
+        let mut m = encoder.encode_descriptor(
+            "sluice_rpc_duration_seconds",
+            "Time to answer a ShouldRateLimit call, from request decoded to response built",
+            None,
+            MetricType::Histogram,
+        )?;
+        m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+
+        {
+            let mut m = encoder.encode_descriptor(
+                "sluice_rpc_decisions",
+                "ShouldRateLimit calls by overall result",
+                None,
+                MetricType::Counter,
+            )?;
+            for (label, v) in [
+                ("ok", &self.metrics.ok),
+                ("over_limit", &self.metrics.over_limit),
+                ("error", &self.metrics.errors),
+            ] {
+                let fam = [("result", label)];
+                let e = m.encode_family(&fam)?;
+                ConstCounter::new(v.load(Relaxed)).encode(e)?;
+            }
+        }
+
+        let rules = self.source.rule_stats();
+        type Pick = fn(&StatsSnapshot) -> u64;
+        let per_rule: [(&str, &str, Pick); 5] = [
+            ("sluice_rule_total_hits", "Hits counted against the rule", |s| s.total_hits),
+            ("sluice_rule_over_limit", "Hits over the rule's limit", |s| s.over_limit),
+            ("sluice_rule_near_limit", "Hits past 80% of the rule's limit", |s| s.near_limit),
+            ("sluice_rule_within_limit", "Hits within the rule's limit", |s| s.within_limit),
+            ("sluice_rule_shadow_mode", "Over-limit hits let through by shadow mode", |s| s.shadow_mode),
+        ];
+        for (name, help, pick) in per_rule {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (key, snap) in &rules {
+                let fam = [("key", &**key)];
+                let e = m.encode_family(&fam)?;
+                ConstCounter::new(pick(snap)).encode(e)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "sluice_metric_key_overflow",
+            "Hits recorded on the rule's own key because the cap on per-value metric keys (--max-metric-keys) was reached",
+            self.source.metric_key_overflow(),
+        )?;
+
+        let store = self.source.store_stats();
+        gauge(
+            &mut encoder,
+            "sluice_counters_live",
+            "Counters held by the counter store.",
+            i64::try_from(store.live_counters).unwrap_or(i64::MAX),
+        )?;
+        counter(
+            &mut encoder,
+            "sluice_counters_expired",
+            "Counters dropped because their windows had passed.",
+            store.expired,
+        )?;
+        counter(
+            &mut encoder,
+            "sluice_counters_overflow",
+            "Checks answered without storing a counter because the cap on live counters (--max-counters) was reached.",
+            store.overflow,
+        )?;
+        Ok(())
+    }
+}
+
+/// Builds the registry for `metrics` and the engine behind `source`.
+pub fn registry(metrics: Arc<Metrics>, source: Arc<dyn StatsSource>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register(
+        "sluice_config_load_success",
+        "Configuration loads applied (start-up and reloads)",
+        metrics.config_load_success.clone(),
+    );
+    registry.register(
+        "sluice_config_load_error",
+        "Configuration loads rejected; the previous configuration kept serving",
+        metrics.config_load_error.clone(),
+    );
+    registry.register_collector(Box::new(ServiceCollector { metrics, source }));
+    registry
+}
+
+/// Prometheus text for `registry`.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::with_capacity(4096);
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
+}

@@ -56,6 +56,10 @@ pub struct Application {
     engine: Arc<Engine<Store>>,
     stats: Arc<StatsRegistry>,
     metrics: Arc<Metrics>,
+    /// Started before the first load, so no change can slip between them.
+    watch: Option<ConfigWatch>,
+    /// Fingerprint of the configuration that was loaded.
+    loaded: u64,
 }
 
 impl Application {
@@ -70,6 +74,14 @@ impl Application {
         let options = LoadOptions {
             merge_domains: cfg.merge_domains,
         };
+        let watch = match ConfigWatch::start(&cfg.config_path, Duration::from_millis(200)) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "configuration hot reload is off");
+                None
+            }
+        };
+        let loaded = config::fingerprint(&cfg.config_path);
         let rules = match config::load(&cfg.config_path, options, &stats) {
             Ok(r) => r,
             Err(e) => {
@@ -107,6 +119,8 @@ impl Application {
             engine,
             stats,
             metrics,
+            watch,
+            loaded,
         })
     }
 
@@ -138,6 +152,8 @@ impl Application {
             engine,
             stats,
             metrics,
+            watch,
+            loaded,
         } = self;
         let draining = Arc::new(AtomicBool::new(false));
         let ready = Arc::new(AtomicBool::new(true));
@@ -199,6 +215,8 @@ impl Application {
         let http_task = tokio::spawn(async move { http_server.await });
         let sweeper = tokio::spawn(sweep_forever(engine.clone()));
         let watcher = tokio::spawn(reload_forever(
+            watch,
+            loaded,
             cfg.config_path.clone(),
             LoadOptions {
                 merge_domains: cfg.merge_domains,
@@ -254,24 +272,34 @@ async fn sweep_forever(engine: Arc<Engine<Store>>) {
 /// that fails to load is logged and counted, and the previous one keeps
 /// serving.
 async fn reload_forever(
+    watch: Option<ConfigWatch>,
+    mut last: u64,
     path: PathBuf,
     options: LoadOptions,
     engine: Arc<Engine<Store>>,
     stats: Arc<StatsRegistry>,
     metrics: Arc<Metrics>,
 ) {
-    let mut watch = match ConfigWatch::start(&path, Duration::from_millis(200)) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(error = %e, "configuration hot reload is off");
-            return;
-        }
+    let Some(mut watch) = watch else {
+        return;
     };
     while watch.changed().await.is_some() {
         let loaded = {
             let path = path.clone();
             let stats = stats.clone();
-            tokio::task::spawn_blocking(move || config::load(&path, options, &stats)).await
+            tokio::task::spawn_blocking(move || {
+                let now = config::fingerprint(&path);
+                (now != last).then(|| (now, config::load(&path, options, &stats)))
+            })
+            .await
+        };
+        let loaded = match loaded {
+            Ok(None) => continue,
+            Ok(Some((now, result))) => {
+                last = now;
+                Ok(result)
+            }
+            Err(e) => Err(e),
         };
         match loaded {
             Ok(Ok(rules)) => {

@@ -11,6 +11,7 @@ pub mod watch;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::core::rules::{Domain, RuleSet};
 use crate::core::stats::StatsRegistry;
@@ -89,6 +90,20 @@ pub fn config_files(path: &Path) -> Result<Vec<PathBuf>, LoadConfigError> {
     Ok(files)
 }
 
+/// A fingerprint of the configuration under `path`: file names and
+/// contents. The watcher reloads only when it changes.
+pub fn fingerprint(path: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    if let Ok(files) = config_files(path) {
+        for f in files {
+            f.hash(&mut h);
+            std::fs::read(&f).ok().hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
 /// Loads and validates every file under `path`.
 ///
 /// # Errors
@@ -129,31 +144,39 @@ pub fn load_sources(
 ) -> Result<RuleSet, LoadConfigError> {
     let mut errors = Vec::new();
     let mut domains: HashMap<String, (String, Domain)> = HashMap::new();
+    // Domain name → the first file that defined it.
+    let mut seen: HashMap<Arc<str>, String> = HashMap::new();
     for (file, text) in sources {
-        match parse::parse_domain(file, text, stats) {
+        let (name, parsed) = parse::parse_domain(file, text, stats);
+        if let Some(name) = &name {
+            if let Some(first_file) = seen.get(name) {
+                if !options.merge_domains {
+                    errors.push(ConfigError {
+                        file: file.clone(),
+                        path: "domain".into(),
+                        message: format!(
+                            "domain '{name}' is already defined in {first_file} (use --merge-domains to merge them)"
+                        ),
+                    });
+                    continue;
+                }
+            } else {
+                seen.insert(name.clone(), file.clone());
+            }
+        }
+        match parsed {
             Err(mut e) => errors.append(&mut e),
             Ok(domain) => match domains.get_mut(&*domain.name) {
                 None => {
                     domains.insert(domain.name.to_string(), (file.clone(), domain));
                 }
                 Some((first_file, existing)) => {
-                    if options.merge_domains {
-                        if let Err(dups) = existing.root.absorb(domain.root) {
-                            errors.extend(dups.into_iter().map(|d| ConfigError {
-                                file: file.clone(),
-                                path: format!("domain {}", existing.name),
-                                message: format!("{d} (merging with {first_file})"),
-                            }));
-                        }
-                    } else {
-                        errors.push(ConfigError {
+                    if let Err(dups) = existing.root.absorb(domain.root) {
+                        errors.extend(dups.into_iter().map(|d| ConfigError {
                             file: file.clone(),
-                            path: "domain".into(),
-                            message: format!(
-                                "domain '{}' is already defined in {first_file} (use --merge-domains to merge them)",
-                                domain.name
-                            ),
-                        });
+                            path: format!("domain {}", existing.name),
+                            message: format!("{d} (merging with {first_file})"),
+                        }));
                     }
                 }
             },

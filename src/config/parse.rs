@@ -150,12 +150,14 @@ fn show(v: &Value) -> String {
     }
 }
 
-/// Parses one file's text. Returns the domain if the file had no errors.
+/// Parses one file's text. Returns the domain name, if one could be read
+/// (so duplicate domains are reported even for a file with other errors),
+/// and the domain if the file had no errors.
 pub fn parse_domain(
     file: &str,
     text: &str,
     stats: &StatsRegistry,
-) -> Result<Domain, Vec<ConfigError>> {
+) -> (Option<Arc<str>>, Result<Domain, Vec<ConfigError>>) {
     let mut ctx = Ctx {
         file,
         errors: Vec::new(),
@@ -165,12 +167,12 @@ pub fn parse_domain(
         Ok(v) => v,
         Err(e) => {
             ctx.err("", format!("not valid YAML: {e}"));
-            return Err(ctx.errors);
+            return (None, Err(ctx.errors));
         }
     };
     let Value::Mapping(map) = root else {
         ctx.err("", format!("must be a mapping with 'domain' and 'descriptors', not {}", kind(&root)));
-        return Err(ctx.errors);
+        return (None, Err(ctx.errors));
     };
     ctx.check_keys("", &map, TOP_KEYS);
     let name = ctx.string("", "domain", map.get("domain")).unwrap_or_default();
@@ -179,10 +181,11 @@ pub fn parse_domain(
     }
     let name: Arc<str> = name.into();
     let root = parse_level(&mut ctx, "", &name, map.get("descriptors"));
+    let known = (!name.is_empty()).then(|| name.clone());
     if ctx.errors.is_empty() {
-        Ok(Domain { name, root })
+        (known, Ok(Domain { name, root }))
     } else {
-        Err(ctx.errors)
+        (known, Err(ctx.errors))
     }
 }
 

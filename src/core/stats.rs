@@ -47,13 +47,18 @@ impl RuleStats {
             if used_before >= limit {
                 self.over_limit.fetch_add(hits, Relaxed);
             } else {
-                self.over_limit.fetch_add(after - limit, Relaxed);
+                self.over_limit
+                    .fetch_add(after.saturating_sub(limit), Relaxed);
                 self.near_limit
-                    .fetch_add(limit - near.max(used_before), Relaxed);
+                    .fetch_add(limit.saturating_sub(near.max(used_before)), Relaxed);
             }
         } else {
             if after > near {
-                let n = if used_before >= near { hits } else { after - near };
+                let n = if used_before >= near {
+                    hits
+                } else {
+                    after - near
+                };
                 self.near_limit.fetch_add(n, Relaxed);
             }
             self.within_limit.fetch_add(hits, Relaxed);

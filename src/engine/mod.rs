@@ -247,8 +247,13 @@ impl<S: CounterStore> Engine<S> {
                     let over = !outcome.admitted;
                     let shadow = l.rule.is_some_and(|r| r.shadow_mode);
                     let quota = l.rule.is_some_and(|r| r.quota_mode);
+                    // A token bucket holds `burst` requests, not `requests_per_unit`.
+                    let capacity = match spec.algorithm {
+                        Algorithm::TokenBucket => spec.burst,
+                        Algorithm::FixedWindow | Algorithm::SlidingWindow => spec.requests_per_unit,
+                    };
                     l.stats.record(
-                        u64::from(spec.requests_per_unit),
+                        u64::from(capacity),
                         v.used_before,
                         l.hits,
                         over,

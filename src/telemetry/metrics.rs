@@ -215,19 +215,19 @@ impl Collector for ServiceCollector {
         gauge(
             &mut encoder,
             "sluice_counters_live",
-            "Counters held by the counter store.",
+            "Counters held by the counter store",
             i64::try_from(store.live_counters).unwrap_or(i64::MAX),
         )?;
         counter(
             &mut encoder,
             "sluice_counters_expired",
-            "Counters dropped because their windows had passed.",
+            "Counters dropped because their windows had passed",
             store.expired,
         )?;
         counter(
             &mut encoder,
             "sluice_counters_overflow",
-            "Checks answered without storing a counter because the cap on live counters (--max-counters) was reached.",
+            "Checks answered without storing a counter because the cap on live counters (--max-counters) was reached",
             store.overflow,
         )?;
         Ok(())

@@ -1,0 +1,1 @@
+//! Filled in with the real-Envoy end-to-end test.

@@ -1,0 +1,15 @@
+//! Integration tests: each starts the real `sluice` binary on ephemeral
+//! loopback ports and talks gRPC and HTTP to it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+mod check_config;
+mod concurrency;
+mod envoy;
+mod grpcurl;
+mod http;
+mod lifecycle;
+mod reload;
+mod rls;

@@ -1,0 +1,294 @@
+//! Test support: start the real binary, wait for its listening line, and
+//! give tests a gRPC client and an HTTP base URL. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use sluice::grpc::pb::envoy::extensions::common::ratelimit::v3::{
+    RateLimitDescriptor, rate_limit_descriptor::Entry,
+};
+use sluice::grpc::pb::envoy::service::ratelimit::v3::{
+    RateLimitRequest, RateLimitResponse, rate_limit_service_client::RateLimitServiceClient,
+};
+use tonic::transport::Channel;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A running sluice process, killed on drop.
+pub struct Sluice {
+    pub child: Child,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub logs: mpsc::Receiver<String>,
+}
+
+/// Options for [`Sluice::start_with`].
+#[derive(Default)]
+pub struct Opts<'a> {
+    pub args: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a str)],
+    /// Write the config as a directory with this file name instead of a file.
+    pub as_dir: bool,
+}
+
+impl Sluice {
+    /// Starts sluice on `config` (YAML text) with extra `args`.
+    pub fn start(config: &str, args: &[&str]) -> Sluice {
+        Sluice::start_with(
+            config,
+            Opts {
+                args,
+                ..Opts::default()
+            },
+        )
+    }
+
+    pub fn start_with(config: &str, opts: Opts<'_>) -> Sluice {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = if opts.as_dir {
+            let d = dir.path().join("config");
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("config.yaml"), config).unwrap();
+            d
+        } else {
+            let f = dir.path().join("config.yaml");
+            std::fs::write(&f, config).unwrap();
+            f
+        };
+        Sluice::start_on_path(dir, config_path, &opts)
+    }
+
+    /// Starts sluice on an existing config path kept in `dir`.
+    pub fn start_on_path(dir: tempfile::TempDir, config_path: PathBuf, opts: &Opts<'_>) -> Sluice {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--log-format", "text", "--log-level", "info"])
+            .args(opts.args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start sluice");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        for stream in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if std::env::var_os("TEST_LOG").is_some() {
+                        eprintln!("[sluice] {line}");
+                    }
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if line.contains("sluice listening") {
+                        let grpc_addr = field(&line, "grpc_addr=").parse().unwrap();
+                        let http_addr = field(&line, "http_addr=").parse().unwrap();
+                        return Sluice {
+                            child,
+                            grpc_addr,
+                            http_addr,
+                            dir,
+                            config_path,
+                            logs: rx,
+                        };
+                    }
+                    seen.push(line);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("sluice did not start within 20 s; output:\n{}", seen.join("\n"));
+                }
+            }
+        }
+    }
+
+    pub async fn client(&self) -> RateLimitServiceClient<Channel> {
+        RateLimitServiceClient::new(self.channel().await)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "sluice did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.logs.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {needle:?} within {limit:?}"),
+            }
+        }
+    }
+
+    pub fn config_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let start = line.find(name).unwrap() + name.len();
+    line[start..].split_whitespace().next().unwrap()
+}
+
+/// A descriptor from `key=value` pairs.
+pub fn desc(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| Entry {
+                key: (*k).to_string(),
+                value: (*v).to_string(),
+            })
+            .collect(),
+        limit: None,
+        hits_addend: None,
+    }
+}
+
+/// A request for `domain` with `descriptors`.
+pub fn req(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.to_string(),
+        descriptors,
+        hits_addend: 0,
+    }
+}
+
+pub const OK: i32 = 1;
+pub const OVER: i32 = 2;
+
+/// Sends one request and returns the response.
+pub async fn call(
+    client: &mut RateLimitServiceClient<Channel>,
+    r: RateLimitRequest,
+) -> RateLimitResponse {
+    client.should_rate_limit(r).await.unwrap().into_inner()
+}
+
+/// Overall codes of `n` identical calls.
+pub async fn codes(
+    client: &mut RateLimitServiceClient<Channel>,
+    r: &RateLimitRequest,
+    n: usize,
+) -> Vec<i32> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(call(client, r.clone()).await.overall_code);
+    }
+    out
+}
+
+/// Polls `f` every 50 ms until it returns true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Seconds left in the current epoch-aligned window of `unit_secs`.
+pub fn secs_left_in_window(unit_secs: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    unit_secs - now % unit_secs
+}
+
+/// Waits until at least `need` seconds are left in the current minute, so a
+/// per-minute test cannot straddle a window boundary.
+pub async fn avoid_minute_boundary(need: u64) {
+    let left = secs_left_in_window(60);
+    if left < need {
+        tokio::time::sleep(Duration::from_secs(left + 1)).await;
+    }
+}
+
+/// Path of a tool installed by the test command (scripts/test.sh) into
+/// `.venv/bin`, or found on PATH.
+pub fn tool(name: &str) -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin").join(name);
+    if venv.exists() {
+        return venv;
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for p in std::env::split_paths(&paths) {
+            let c = p.join(name);
+            if c.exists() {
+                return c;
+            }
+        }
+    }
+    panic!("{name} not found in .venv/bin or PATH: run scripts/test.sh, which installs it");
+}

@@ -144,7 +144,10 @@ impl Application {
     ///
     /// # Errors
     /// When reflection cannot be built or a server fails.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
         let Application {
             cfg,
             grpc,
@@ -207,12 +210,13 @@ impl Application {
             draining: draining.clone(),
         });
         let mut http_stop = stop_rx.clone();
-        let http_server = axum::serve(http, http::router(http_state)).with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-        });
+        let http_server =
+            axum::serve(http, http::router(http_state)).with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            });
 
-        let grpc_task = tokio::spawn(async move { grpc_server.await });
-        let http_task = tokio::spawn(async move { http_server.await });
+        let grpc_task = tokio::spawn(grpc_server);
+        let http_task = tokio::spawn(http_server.into_future());
         let sweeper = tokio::spawn(sweep_forever(engine.clone()));
         let watcher = tokio::spawn(reload_forever(
             watch,
@@ -248,8 +252,10 @@ impl Application {
         .await;
         match drained {
             Ok((g, h)) => {
-                g.context("gRPC server task failed")?.context("gRPC server failed")?;
-                h.context("HTTP server task failed")?.context("HTTP server failed")?;
+                g.context("gRPC server task failed")?
+                    .context("gRPC server failed")?;
+                h.context("HTTP server task failed")?
+                    .context("HTTP server failed")?;
                 tracing::info!("drained; stopped");
             }
             Err(_) => tracing::warn!("drain timeout reached; stopping with requests still open"),

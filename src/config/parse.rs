@@ -83,7 +83,10 @@ impl Ctx<'_> {
             Value::Bool(b) => Some(b.to_string()),
             Value::Null => None,
             other => {
-                self.err(&join(path, field), format!("must be a string, not {}", kind(other)));
+                self.err(
+                    &join(path, field),
+                    format!("must be a string, not {}", kind(other)),
+                );
                 None
             }
         }
@@ -94,7 +97,10 @@ impl Ctx<'_> {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
             Some(other) => {
-                self.err(&join(path, field), format!("must be true or false, not {}", show(other)));
+                self.err(
+                    &join(path, field),
+                    format!("must be true or false, not {}", show(other)),
+                );
                 false
             }
         }
@@ -114,7 +120,10 @@ impl Ctx<'_> {
                 }
             },
             other => {
-                self.err(&join(path, field), format!("must be a whole number, not {}", show(other)));
+                self.err(
+                    &join(path, field),
+                    format!("must be a whole number, not {}", show(other)),
+                );
                 None
             }
         }
@@ -171,11 +180,19 @@ pub fn parse_domain(
         }
     };
     let Value::Mapping(map) = root else {
-        ctx.err("", format!("must be a mapping with 'domain' and 'descriptors', not {}", kind(&root)));
+        ctx.err(
+            "",
+            format!(
+                "must be a mapping with 'domain' and 'descriptors', not {}",
+                kind(&root)
+            ),
+        );
         return (None, Err(ctx.errors));
     };
     ctx.check_keys("", &map, TOP_KEYS);
-    let name = ctx.string("", "domain", map.get("domain")).unwrap_or_default();
+    let name = ctx
+        .string("", "domain", map.get("domain"))
+        .unwrap_or_default();
     if name.is_empty() {
         ctx.err("domain", "must be set and not empty");
     }
@@ -195,7 +212,10 @@ fn parse_level(ctx: &mut Ctx<'_>, path: &str, parent_key: &str, v: Option<&Value
         None | Some(Value::Null) => return level,
         Some(Value::Sequence(items)) => items,
         Some(other) => {
-            ctx.err(&join(path, "descriptors"), format!("must be a list, not {}", kind(other)));
+            ctx.err(
+                &join(path, "descriptors"),
+                format!("must be a list, not {}", kind(other)),
+            );
             return level;
         }
     };
@@ -227,7 +247,9 @@ fn parse_node(ctx: &mut Ctx<'_>, path: &str, parent_key: &str, v: &Value) -> Opt
     };
     ctx.check_keys(path, map, NODE_KEYS);
     let key = ctx.string(path, "key", map.get("key")).unwrap_or_default();
-    let value = ctx.string(path, "value", map.get("value")).unwrap_or_default();
+    let value = ctx
+        .string(path, "value", map.get("value"))
+        .unwrap_or_default();
     let label_path = if value.is_empty() {
         format!("{path}(key={key})")
     } else {
@@ -257,7 +279,10 @@ fn parse_node(ctx: &mut Ctx<'_>, path: &str, parent_key: &str, v: &Value) -> Opt
     }
     match map.get("metadata") {
         None | Some(Value::Null | Value::Mapping(_)) => {}
-        Some(other) => ctx.err(&join(path, "metadata"), format!("must be a mapping, not {}", kind(other))),
+        Some(other) => ctx.err(
+            &join(path, "metadata"),
+            format!("must be a mapping, not {}", kind(other)),
+        ),
     }
 
     let label = match &node_value {
@@ -272,31 +297,38 @@ fn parse_node(ctx: &mut Ctx<'_>, path: &str, parent_key: &str, v: &Value) -> Opt
             None
         }
         (Some(Value::Null), None) | (None, Some(Value::Null)) | (None, None) => None,
-        (Some(one), None) => parse_single(ctx, &join(path, "rate_limit"), one).map(|(limits, name, replaces)| {
-            let limit_names = vec![name.clone(); usize::from(matches!(limits, RuleLimits::Limited { .. }))];
-            Rule {
-                name,
-                limits,
-                limit_names: limit_names.into(),
-                shadow_mode,
-                quota_mode,
-                detailed_metric,
-                replaces,
-                stats: ctx.stats.get_or_create(&full_key),
-                stats_key: full_key.as_str().into(),
-            }
-        }),
-        (None, Some(list)) => parse_list(ctx, &join(path, "rate_limits"), list).map(|(limits, names, replaces)| Rule {
-            name: None,
-            limits,
-            limit_names: names,
-            shadow_mode,
-            quota_mode,
-            detailed_metric,
-            replaces,
-            stats: ctx.stats.get_or_create(&full_key),
-            stats_key: full_key.as_str().into(),
-        }),
+        (Some(one), None) => {
+            parse_single(ctx, &join(path, "rate_limit"), one).map(|(limits, name, replaces)| {
+                let limit_names =
+                    vec![name.clone(); usize::from(matches!(limits, RuleLimits::Limited { .. }))];
+                Rule {
+                    name,
+                    limits,
+                    limit_names: limit_names.into(),
+                    shadow_mode,
+                    quota_mode,
+                    detailed_metric,
+                    replaces,
+                    stats: ctx.stats.get_or_create(&full_key),
+                    stats_key: full_key.as_str().into(),
+                }
+            })
+        }
+        (None, Some(list)) => {
+            parse_list(ctx, &join(path, "rate_limits"), list).map(|(limits, names, replaces)| {
+                Rule {
+                    name: None,
+                    limits,
+                    limit_names: names,
+                    shadow_mode,
+                    quota_mode,
+                    detailed_metric,
+                    replaces,
+                    stats: ctx.stats.get_or_create(&full_key),
+                    stats_key: full_key.as_str().into(),
+                }
+            })
+        }
     };
     let children = parse_level(ctx, path, &full_key, map.get("descriptors"));
     if key.is_empty() {
@@ -320,7 +352,13 @@ struct Block {
     replaces: Vec<Arc<str>>,
 }
 
-fn parse_block(ctx: &mut Ctx<'_>, path: &str, v: &Value, index: usize, in_list: bool) -> Option<Block> {
+fn parse_block(
+    ctx: &mut Ctx<'_>,
+    path: &str,
+    v: &Value,
+    index: usize,
+    in_list: bool,
+) -> Option<Block> {
     let Value::Mapping(map) = v else {
         ctx.err(path, format!("must be a mapping, not {}", kind(v)));
         return None;
@@ -328,7 +366,9 @@ fn parse_block(ctx: &mut Ctx<'_>, path: &str, v: &Value, index: usize, in_list: 
     ctx.check_keys(path, map, LIMIT_KEYS);
     let errors_before = ctx.errors.len();
     let unlimited = ctx.bool(path, "unlimited", map.get("unlimited"));
-    let name = ctx.string(path, "name", map.get("name")).filter(|n| !n.is_empty());
+    let name = ctx
+        .string(path, "name", map.get("name"))
+        .filter(|n| !n.is_empty());
     let unit_name = ctx.string(path, "unit", map.get("unit"));
     let requests_per_unit = ctx.u32(path, "requests_per_unit", map.get("requests_per_unit"));
     let algorithm_name = ctx.string(path, "algorithm", map.get("algorithm"));
@@ -341,11 +381,17 @@ fn parse_block(ctx: &mut Ctx<'_>, path: &str, v: &Value, index: usize, in_list: 
             for (i, item) in items.iter().enumerate() {
                 let here = join(path, &format!("replaces[{i}]"));
                 let Value::Mapping(r) = item else {
-                    ctx.err(&here, format!("must be a mapping with a 'name', not {}", kind(item)));
+                    ctx.err(
+                        &here,
+                        format!("must be a mapping with a 'name', not {}", kind(item)),
+                    );
                     continue;
                 };
                 ctx.check_keys(&here, r, &["name"]);
-                match ctx.string(&here, "name", r.get("name")).filter(|n| !n.is_empty()) {
+                match ctx
+                    .string(&here, "name", r.get("name"))
+                    .filter(|n| !n.is_empty())
+                {
                     None => ctx.err(&here, "'name' must be set and not empty"),
                     Some(n) if Some(&n) == name.as_ref() => ctx.err(
                         &here,
@@ -355,7 +401,10 @@ fn parse_block(ctx: &mut Ctx<'_>, path: &str, v: &Value, index: usize, in_list: 
                 }
             }
         }
-        Some(other) => ctx.err(&join(path, "replaces"), format!("must be a list, not {}", kind(other))),
+        Some(other) => ctx.err(
+            &join(path, "replaces"),
+            format!("must be a list, not {}", kind(other)),
+        ),
     }
 
     let algorithm = match algorithm_name.as_deref() {
@@ -363,13 +412,18 @@ fn parse_block(ctx: &mut Ctx<'_>, path: &str, v: &Value, index: usize, in_list: 
         Some(a) => Algorithm::parse(a).unwrap_or_else(|| {
             ctx.err(
                 &join(path, "algorithm"),
-                format!("unknown algorithm '{a}' (use fixed_window, sliding_window or token_bucket)"),
+                format!(
+                    "unknown algorithm '{a}' (use fixed_window, sliding_window or token_bucket)"
+                ),
             );
             Algorithm::FixedWindow
         }),
     };
     if burst.is_some() && algorithm != Algorithm::TokenBucket {
-        ctx.err(&join(path, "burst"), "only applies to algorithm: token_bucket");
+        ctx.err(
+            &join(path, "burst"),
+            "only applies to algorithm: token_bucket",
+        );
     }
     if burst == Some(0) {
         ctx.err(&join(path, "burst"), "must be at least 1");
@@ -377,13 +431,22 @@ fn parse_block(ctx: &mut Ctx<'_>, path: &str, v: &Value, index: usize, in_list: 
 
     if unlimited {
         if in_list {
-            ctx.err(&join(path, "unlimited"), "is not allowed inside 'rate_limits'; use a 'rate_limit' with unlimited: true");
+            ctx.err(
+                &join(path, "unlimited"),
+                "is not allowed inside 'rate_limits'; use a 'rate_limit' with unlimited: true",
+            );
         }
         if let Some(u) = &unit_name {
-            ctx.err(&join(path, "unit"), format!("must not be set together with unlimited: true (found '{u}')"));
+            ctx.err(
+                &join(path, "unit"),
+                format!("must not be set together with unlimited: true (found '{u}')"),
+            );
         }
         if algorithm_name.is_some() {
-            ctx.err(&join(path, "algorithm"), "must not be set together with unlimited: true");
+            ctx.err(
+                &join(path, "algorithm"),
+                "must not be set together with unlimited: true",
+            );
         }
         return (ctx.errors.len() == errors_before).then(|| Block {
             spec: None,
@@ -422,6 +485,7 @@ fn parse_block(ctx: &mut Ctx<'_>, path: &str, v: &Value, index: usize, in_list: 
 }
 
 type Parsed = (RuleLimits, Option<Arc<str>>, Box<[Arc<str>]>);
+type ParsedList = (RuleLimits, Box<[Option<Arc<str>>]>, Box<[Arc<str>]>);
 
 fn parse_single(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Parsed> {
     let block = parse_block(ctx, path, v, 0, false)?;
@@ -442,7 +506,7 @@ fn parse_list(
     ctx: &mut Ctx<'_>,
     path: &str,
     v: &Value,
-) -> Option<(RuleLimits, Box<[Option<Arc<str>>]>, Box<[Arc<str>]>)> {
+) -> Option<ParsedList> {
     let Value::Sequence(items) = v else {
         ctx.err(path, format!("must be a list of limits, not {}", kind(v)));
         return None;
@@ -471,7 +535,10 @@ fn parse_list(
     }
     for r in &replaces {
         if names.iter().flatten().any(|n| n == r) {
-            ctx.err(path, format!("a limit cannot replace its own rule ('{r}' names one of its limits)"));
+            ctx.err(
+                path,
+                format!("a limit cannot replace its own rule ('{r}' names one of its limits)"),
+            );
             ok = false;
         }
     }

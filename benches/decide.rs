@@ -2,6 +2,8 @@
 //!
 //! `cargo bench --bench decide`
 
+#![allow(clippy::expect_used)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -55,7 +57,10 @@ fn request<'a>(entries: &[(&'a str, &'a str)]) -> Request<'a> {
     Request {
         domain: "bench",
         descriptors: smallvec![Descriptor {
-            entries: entries.iter().map(|(k, v)| Entry { key: k, value: v }).collect(),
+            entries: entries
+                .iter()
+                .map(|(k, v)| Entry { key: k, value: v })
+                .collect(),
             ..Descriptor::default()
         }],
         hits_addend: 0,
@@ -72,7 +77,10 @@ fn decide(c: &mut Criterion) {
         ("over_limit", request(&[("over", "k1")])),
         ("multi_limit", request(&[("multi", "k1")])),
         ("token_bucket", request(&[("bucket", "k1")])),
-        ("nested_wildcard", request(&[("remote_address", "10.0.0.1"), ("path", "/api/users")])),
+        (
+            "nested_wildcard",
+            request(&[("remote_address", "10.0.0.1"), ("path", "/api/users")]),
+        ),
     ];
     for (name, req) in &cases {
         c.bench_function(name, |b| {
@@ -83,14 +91,20 @@ fn decide(c: &mut Criterion) {
         domain: "bench",
         descriptors: (0..5)
             .map(|_| Descriptor {
-                entries: smallvec![Entry { key: "api_key", value: "k5" }],
+                entries: smallvec![Entry {
+                    key: "api_key",
+                    value: "k5"
+                }],
                 ..Descriptor::default()
             })
             .collect(),
         hits_addend: 0,
     };
     c.bench_function("ok_five_descriptors", |b| {
-        b.iter(|| rt.block_on(engine.decide(black_box(&five))).expect("decides"));
+        b.iter(|| {
+            rt.block_on(engine.decide(black_box(&five)))
+                .expect("decides")
+        });
     });
 }
 

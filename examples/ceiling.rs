@@ -4,6 +4,8 @@
 //!
 //! `cargo run --release --example ceiling -- 127.0.0.1:18091`
 
+#![allow(clippy::print_stdout)]
+
 use std::net::SocketAddr;
 
 use sluice::grpc::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;

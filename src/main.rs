@@ -61,7 +61,12 @@ struct ServeArgs {
     #[arg(long, env = "SLUICE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
     /// Rate-limit headers to add to responses.
-    #[arg(long, env = "SLUICE_RESPONSE_HEADERS", value_enum, default_value = "none")]
+    #[arg(
+        long,
+        env = "SLUICE_RESPONSE_HEADERS",
+        value_enum,
+        default_value = "none"
+    )]
     response_headers: HeadersArg,
     /// Answer OK whenever the overall answer would be OVER_LIMIT (still counting).
     #[arg(long, env = "SLUICE_SHADOW_MODE")]
@@ -96,7 +101,13 @@ struct ServeArgs {
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value_t = 10)]
     drain_timeout: u64,
     /// Shift the clock by this many milliseconds (testing window alignment only).
-    #[arg(long, env = "SLUICE_TEST_CLOCK_OFFSET_MS", default_value_t = 0, hide = true, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "SLUICE_TEST_CLOCK_OFFSET_MS",
+        default_value_t = 0,
+        hide = true,
+        allow_hyphen_values = true
+    )]
     test_clock_offset_ms: i64,
 }
 

@@ -109,7 +109,11 @@ pub fn fingerprint(path: &Path) -> u64 {
 /// # Errors
 /// Every problem found in every file, and across files (duplicate
 /// domains), at once.
-pub fn load(path: &Path, options: LoadOptions, stats: &StatsRegistry) -> Result<RuleSet, LoadConfigError> {
+pub fn load(
+    path: &Path,
+    options: LoadOptions,
+    stats: &StatsRegistry,
+) -> Result<RuleSet, LoadConfigError> {
     let files = config_files(path)?;
     let mut sources = Vec::with_capacity(files.len());
     let mut errors = Vec::new();
@@ -158,6 +162,10 @@ pub fn load_sources(
                             "domain '{name}' is already defined in {first_file} (use --merge-domains to merge them)"
                         ),
                     });
+                    // The file's own problems are still reported.
+                    if let Err(mut e) = parsed {
+                        errors.append(&mut e);
+                    }
                     continue;
                 }
             } else {

@@ -46,24 +46,25 @@ impl ConfigWatch {
             }
         };
         let (tx, rx) = mpsc::channel(1);
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(e) = event {
-                // Reading the files (ours included) only touches access
-                // times: not a change.
-                let metadata_only = matches!(
-                    e.kind,
-                    notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
-                );
-                if !e.kind.is_access() && !metadata_only {
-                    // A full channel already holds a pending change.
-                    let _ = tx.try_send(());
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if let Ok(e) = event {
+                    // Reading the files (ours included) only touches access
+                    // times: not a change.
+                    let metadata_only = matches!(
+                        e.kind,
+                        notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+                    );
+                    if !e.kind.is_access() && !metadata_only {
+                        // A full channel already holds a pending change.
+                        let _ = tx.try_send(());
+                    }
                 }
-            }
-        })
-        .map_err(|source| WatchError {
-            path: dir.clone(),
-            source,
-        })?;
+            })
+            .map_err(|source| WatchError {
+                path: dir.clone(),
+                source,
+            })?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(|source| WatchError {

@@ -89,7 +89,10 @@ mod tests {
     #[test]
     fn near_threshold_is_floor_of_80_percent() {
         for l in 0..1000u64 {
-            assert_eq!(near_threshold(l), (l as f64 * NEAR_LIMIT_RATIO).floor() as u64);
+            assert_eq!(
+                near_threshold(l),
+                (l as f64 * NEAR_LIMIT_RATIO).floor() as u64
+            );
         }
     }
 

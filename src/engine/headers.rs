@@ -33,7 +33,11 @@ fn tightest(statuses: &[DescriptorStatus]) -> Option<&DescriptorStatus> {
 }
 
 /// Builds the headers for `statuses` in `mode`.
-pub fn build(mode: HeaderMode, statuses: &[DescriptorStatus], policy_names: &[String]) -> Vec<Header> {
+pub fn build(
+    mode: HeaderMode,
+    statuses: &[DescriptorStatus],
+    policy_names: &[String],
+) -> Vec<Header> {
     match mode {
         HeaderMode::None => Vec::new(),
         HeaderMode::Draft03 => draft03(statuses),
@@ -81,9 +85,15 @@ fn ietf(statuses: &[DescriptorStatus], names: &[String]) -> Vec<Header> {
         }
         let name = names.get(i).map_or("", String::as_str);
         push_sf_string(&mut policy, name);
-        let _ = write!(policy, ";q={};w={}", limit.requests_per_unit, limit.unit.seconds());
+        let _ = write!(
+            policy,
+            ";q={};w={}",
+            limit.requests_per_unit,
+            limit.unit.seconds()
+        );
         let better = best.is_none_or(|(_, b)| {
-            (s.code != Code::OverLimit, s.limit_remaining) < (b.code != Code::OverLimit, b.limit_remaining)
+            (s.code != Code::OverLimit, s.limit_remaining)
+                < (b.code != Code::OverLimit, b.limit_remaining)
         });
         if better {
             best = Some((i, s));

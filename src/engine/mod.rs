@@ -97,7 +97,7 @@ impl DynamicStats {
             .collect()
     }
 
-    /// Hits recorded on a rule's own key because the cap was reached.
+    /// Lookups sent to the rule's own stats because the cap was reached.
     pub fn overflow(&self) -> u64 {
         self.overflow.load(Relaxed)
     }
@@ -118,7 +118,8 @@ pub struct Engine<S> {
 enum Plan<'r> {
     /// No rule, or replaced: OK without a limit.
     None,
-    Unlimited,
+    /// An `unlimited` rule; kept for its `replaces`.
+    Unlimited(&'r Rule),
     Limited(Limited<'r>),
 }
 
@@ -176,7 +177,10 @@ impl<S: CounterStore> Engine<S> {
         let rules = self.rules.load();
         let Some(domain) = rules.domain(req.domain) else {
             return Ok(self.finish(
-                req.descriptors.iter().map(|_| DescriptorStatus::no_limit()).collect(),
+                req.descriptors
+                    .iter()
+                    .map(|_| DescriptorStatus::no_limit())
+                    .collect(),
                 Code::Ok,
                 &[],
             ));
@@ -229,7 +233,7 @@ impl<S: CounterStore> Engine<S> {
         for p in &plans {
             let status = match p {
                 Plan::None => DescriptorStatus::no_limit(),
-                Plan::Unlimited => DescriptorStatus::unlimited(),
+                Plan::Unlimited(_) => DescriptorStatus::unlimited(),
                 Plan::Limited(l) => {
                     let Some(outcome) = outcomes.next() else {
                         return Err(StoreError::Unavailable(
@@ -249,16 +253,13 @@ impl<S: CounterStore> Engine<S> {
                     let quota = l.rule.is_some_and(|r| r.quota_mode);
                     // A token bucket holds `burst` requests, not `requests_per_unit`.
                     let capacity = match spec.algorithm {
-                        Algorithm::TokenBucket => spec.burst,
+                        Algorithm::TokenBucket if spec.requests_per_unit > 0 => spec.burst,
+                        // Never refills: holds nothing, every hit is over.
+                        Algorithm::TokenBucket => 0,
                         Algorithm::FixedWindow | Algorithm::SlidingWindow => spec.requests_per_unit,
                     };
-                    l.stats.record(
-                        u64::from(capacity),
-                        v.used_before,
-                        l.hits,
-                        over,
-                        shadow,
-                    );
+                    l.stats
+                        .record(u64::from(capacity), v.used_before, l.hits, over, shadow);
                     let code = if over && !shadow {
                         Code::OverLimit
                     } else {
@@ -360,7 +361,7 @@ impl<S: CounterStore> Engine<S> {
     ) -> Plan<'r> {
         let rule: &'r Rule = m.rule;
         let (limits, policy) = match &rule.limits {
-            RuleLimits::Unlimited => return Plan::Unlimited,
+            RuleLimits::Unlimited => return Plan::Unlimited(rule),
             RuleLimits::Limited { limits, policy } => (limits, *policy),
         };
         let start = keys.len();
@@ -451,10 +452,12 @@ fn policy_name(l: &Limited<'_>, i: usize) -> String {
 /// whatever the descriptor order.
 fn apply_replaces(plans: &mut [Plan<'_>]) {
     let mut replaced: SmallVec<[Arc<str>; 4]> = SmallVec::new();
+    // As in the reference, an unlimited limit's `replaces` count too.
     for p in plans.iter() {
         if let Plan::Limited(Limited {
             rule: Some(rule), ..
-        }) = p
+        })
+        | Plan::Unlimited(rule) = p
         {
             replaced.extend(rule.replaces.iter().cloned());
         }
@@ -471,7 +474,7 @@ fn apply_replaces(plans: &mut [Plan<'_>]) {
                 .iter()
                 .chain(rule.limit_names.iter().flatten())
                 .any(|n| replaced.contains(n)),
-            Plan::Limited(_) | Plan::None | Plan::Unlimited => false,
+            Plan::Limited(_) | Plan::None | Plan::Unlimited(_) => false,
         };
         if hit {
             *p = Plan::None;

@@ -73,7 +73,10 @@ pub fn validate(req: &Request<'_>, limits: &RequestLimits) -> Result<(), Invalid
     }
     for (i, d) in req.descriptors.iter().enumerate() {
         if d.entries.is_empty() {
-            return Err(invalid(format!("descriptors[{i}].entries"), "must not be empty"));
+            return Err(invalid(
+                format!("descriptors[{i}].entries"),
+                "must not be empty",
+            ));
         }
         if d.entries.len() > limits.max_entries {
             return Err(invalid(

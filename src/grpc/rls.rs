@@ -38,7 +38,9 @@ impl<S> RlsService<S> {
 }
 
 /// The caller's request id, or a new one.
-pub fn request_id(metadata: &tonic::metadata::MetadataMap) -> MetadataValue<tonic::metadata::Ascii> {
+pub fn request_id(
+    metadata: &tonic::metadata::MetadataMap,
+) -> MetadataValue<tonic::metadata::Ascii> {
     if let Some(v) = metadata.get(REQUEST_ID) {
         if !v.is_empty() && v.len() <= 128 {
             return v.clone();

@@ -178,7 +178,12 @@ fn store_states(counter: &mut Counter, limits: &[LimitSpec], states: &[LimitStat
             }),
         }
     }
-    counter.expires_at = counter.slots.iter().map(|s| s.expires_at).max().unwrap_or(0);
+    counter.expires_at = counter
+        .slots
+        .iter()
+        .map(|s| s.expires_at)
+        .max()
+        .unwrap_or(0);
 }
 
 impl CounterStore for MemoryStore {

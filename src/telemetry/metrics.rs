@@ -17,8 +17,8 @@ use crate::store::{CounterStore, StoreStats};
 
 /// Upper bounds of the RPC latency buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
-    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 1.0,
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0,
 ];
 
 /// How an RPC ended.
@@ -115,7 +115,10 @@ impl<S: CounterStore> StatsSource for Engine<S> {
                 .into_iter()
                 .map(|(k, s)| (Arc::from(k), s.snapshot())),
         );
-        out.push((Arc::from("(untracked overrides)"), self.override_stats().snapshot()));
+        out.push((
+            Arc::from("(untracked overrides)"),
+            self.override_stats().snapshot(),
+        ));
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.dedup_by(|a, b| a.0 == b.0);
         out
@@ -190,11 +193,31 @@ impl Collector for ServiceCollector {
         let rules = self.source.rule_stats();
         type Pick = fn(&StatsSnapshot) -> u64;
         let per_rule: [(&str, &str, Pick); 5] = [
-            ("sluice_rule_total_hits", "Hits counted against the rule", |s| s.total_hits),
-            ("sluice_rule_over_limit", "Hits over the rule's limit", |s| s.over_limit),
-            ("sluice_rule_near_limit", "Hits past 80% of the rule's limit", |s| s.near_limit),
-            ("sluice_rule_within_limit", "Hits within the rule's limit", |s| s.within_limit),
-            ("sluice_rule_shadow_mode", "Over-limit hits let through by shadow mode", |s| s.shadow_mode),
+            (
+                "sluice_rule_total_hits",
+                "Hits counted against the rule",
+                |s| s.total_hits,
+            ),
+            (
+                "sluice_rule_over_limit",
+                "Hits over the rule's limit",
+                |s| s.over_limit,
+            ),
+            (
+                "sluice_rule_near_limit",
+                "Hits past 80% of the rule's limit",
+                |s| s.near_limit,
+            ),
+            (
+                "sluice_rule_within_limit",
+                "Hits within the rule's limit",
+                |s| s.within_limit,
+            ),
+            (
+                "sluice_rule_shadow_mode",
+                "Over-limit hits let through by shadow mode",
+                |s| s.shadow_mode,
+            ),
         ];
         for (name, help, pick) in per_rule {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

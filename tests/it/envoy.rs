@@ -25,7 +25,11 @@ impl Drop for Envoy {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn start_envoy(dir: &Path, sluice_port: u16) -> Envoy {
@@ -43,7 +47,13 @@ async fn start_envoy(dir: &Path, sluice_port: u16) -> Envoy {
     let child = Command::new(tool("envoy"))
         .arg("-c")
         .arg(&path)
-        .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warning"])
+        .args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+        ])
         .args(["--base-id", &u32::from(front).to_string()])
         .stdout(Stdio::null())
         .stderr(log)
@@ -91,7 +101,10 @@ async fn envoy_enforces_sluice_limits() {
         let r = get(&envoy, "/limited", &[]).await;
         assert_eq!(r.status(), 200, "request {i}");
         let h = r.headers();
-        assert_eq!(h["x-ratelimit-limit"].to_str().unwrap().split(',').next(), Some("5"));
+        assert_eq!(
+            h["x-ratelimit-limit"].to_str().unwrap().split(',').next(),
+            Some("5")
+        );
         assert_eq!(h["x-ratelimit-remaining"], (4 - i).to_string().as_str());
         let reset: u64 = h["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
         assert!((1..=60).contains(&reset));
@@ -108,10 +121,23 @@ async fn envoy_enforces_sluice_limits() {
 
     // /header: 3 per minute per x-user value.
     for _ in 0..3 {
-        assert_eq!(get(&envoy, "/header", &[("x-user", "alice")]).await.status(), 200);
+        assert_eq!(
+            get(&envoy, "/header", &[("x-user", "alice")])
+                .await
+                .status(),
+            200
+        );
     }
-    assert_eq!(get(&envoy, "/header", &[("x-user", "alice")]).await.status(), 429);
-    assert_eq!(get(&envoy, "/header", &[("x-user", "bob")]).await.status(), 200);
+    assert_eq!(
+        get(&envoy, "/header", &[("x-user", "alice")])
+            .await
+            .status(),
+        429
+    );
+    assert_eq!(
+        get(&envoy, "/header", &[("x-user", "bob")]).await.status(),
+        200
+    );
 
     // Unlimited route.
     for _ in 0..10 {
@@ -119,7 +145,12 @@ async fn envoy_enforces_sluice_limits() {
     }
 
     // sluice saw the decisions (Envoy did not fail open).
-    let metrics = reqwest::get(sluice.http("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(sluice.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains("sluice_rule_over_limit_total{key=\"edge.generic_key_limited\"} 1"),
         "{metrics}"

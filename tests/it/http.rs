@@ -30,7 +30,9 @@ async fn post(s: &Sluice, body: &str) -> (u16, Value) {
 async fn json_endpoint_answers_200_then_429_and_400_for_bad_input() {
     avoid_minute_boundary(10).await;
     let s = Sluice::start(CONFIG, &[]);
-    let body = json!({"domain": "web", "descriptors": [{"entries": [{"key": "k", "value": "two"}]}]}).to_string();
+    let body =
+        json!({"domain": "web", "descriptors": [{"entries": [{"key": "k", "value": "two"}]}]})
+            .to_string();
     let (code, v) = post(&s, &body).await;
     assert_eq!(code, 200);
     assert_eq!(v["overallCode"], "OK");
@@ -61,7 +63,9 @@ async fn health_ready_and_metrics() {
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
     assert_eq!(get("/readyz").await.unwrap().status(), 200);
 
-    let body = json!({"domain": "web", "descriptors": [{"entries": [{"key": "k", "value": "two"}]}]}).to_string();
+    let body =
+        json!({"domain": "web", "descriptors": [{"entries": [{"key": "k", "value": "two"}]}]})
+            .to_string();
     for _ in 0..3 {
         post(&s, &body).await;
     }
@@ -93,9 +97,23 @@ async fn per_value_metrics_are_capped() {
         let b = json!({"domain": "web", "descriptors": [{"entries": [{"key": "client", "value": format!("c{i}")}]}]}).to_string();
         post(&s, &b).await;
     }
-    let text = reqwest::get(s.http("/metrics")).await.unwrap().text().await.unwrap();
-    let series = text.lines().filter(|l| l.starts_with("sluice_rule_total_hits_total{key=\"web.client_c")).count();
+    let text = reqwest::get(s.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("sluice_rule_total_hits_total{key=\"web.client_c"))
+        .count();
     assert_eq!(series, 5, "{text}");
-    assert!(text.contains("sluice_metric_key_overflow_total 15"), "{text}");
-    assert!(text.contains("sluice_rule_total_hits_total{key=\"web.client\"} 15"), "{text}");
+    assert!(
+        text.contains("sluice_metric_key_overflow_total 15"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sluice_rule_total_hits_total{key=\"web.client\"} 15"),
+        "{text}"
+    );
 }

@@ -21,7 +21,11 @@ async fn health_is_serving_once_loaded() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(r.status, ServingStatus::Serving as i32, "service {service:?}");
+        assert_eq!(
+            r.status,
+            ServingStatus::Serving as i32,
+            "service {service:?}"
+        );
     }
 }
 
@@ -31,7 +35,14 @@ async fn invalid_config_at_start_exits_nonzero_with_every_error() {
     let f = dir.path().join("bad.yaml");
     std::fs::write(&f, "domain: ''\ndescriptors:\n  - key: ''\n  - bogus: 1\n").unwrap();
     let out = std::process::Command::new(crate::support::BIN)
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--config"])
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&f)
         .output()
         .unwrap();
@@ -46,7 +57,12 @@ async fn sigterm_drains_in_flight_and_refuses_new_work() {
     let mut s = Sluice::start(CONFIG, &["--drain-timeout", "5"]);
     let mut c = s.client().await;
     let mut h = HealthClient::new(s.channel().await);
-    assert_eq!(call(&mut c, req("life", vec![desc(&[("k", "v")])])).await.overall_code, OK);
+    assert_eq!(
+        call(&mut c, req("life", vec![desc(&[("k", "v")])]))
+            .await
+            .overall_code,
+        OK
+    );
 
     // Keep a stream of calls going while SIGTERM arrives: every call either
     // succeeds or is refused cleanly; none hangs.
@@ -86,5 +102,9 @@ async fn sigterm_drains_in_flight_and_refuses_new_work() {
             service: String::new(),
         })
         .await;
-    assert!(after.map(|r| r.into_inner().status != ServingStatus::Serving as i32).unwrap_or(true));
+    assert!(
+        after
+            .map(|r| r.into_inner().status != ServingStatus::Serving as i32)
+            .unwrap_or(true)
+    );
 }

@@ -1,7 +1,12 @@
 //! Integration tests: each starts the real `sluice` binary on ephemeral
 //! loopback ports and talks gRPC and HTTP to it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::zombie_processes
+)]
 
 mod support;
 

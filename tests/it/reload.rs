@@ -6,7 +6,9 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{OK, OVER, Opts, Sluice, avoid_minute_boundary, call, codes, desc, eventually, req};
+use crate::support::{
+    OK, OVER, Opts, Sluice, avoid_minute_boundary, call, codes, desc, eventually, req,
+};
 
 const V1: &str = r#"
 domain: hot
@@ -29,8 +31,16 @@ descriptors:
 "#;
 
 async fn metric(s: &Sluice, name: &str) -> String {
-    let text = reqwest::get(s.http("/metrics")).await.unwrap().text().await.unwrap();
-    text.lines().find(|l| l.starts_with(name)).unwrap_or("").to_string()
+    let text = reqwest::get(s.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or("")
+        .to_string()
 }
 
 #[tokio::test]
@@ -52,16 +62,28 @@ async fn valid_change_applies_and_counters_survive() {
     assert!(applied, "new rule not applied within 2 s");
     // `a` is unchanged: its count (2 of 3) survived the reload.
     assert_eq!(codes(&mut c, &a, 2).await, vec![OK, OVER]);
-    assert!(metric(&s, "sluice_config_load_success_total").await.ends_with(" 2"));
+    assert!(
+        metric(&s, "sluice_config_load_success_total")
+            .await
+            .ends_with(" 2")
+    );
 }
 
 #[tokio::test]
 async fn invalid_change_is_rejected_and_previous_config_keeps_serving() {
     let s = Sluice::start(V1, &[]);
     let mut c = s.client().await;
-    std::fs::write(&s.config_path, "domain: hot\ndescriptors:\n  - key: a\n    rate_limit: {unit: fortnight}\n").unwrap();
+    std::fs::write(
+        &s.config_path,
+        "domain: hot\ndescriptors:\n  - key: a\n    rate_limit: {unit: fortnight}\n",
+    )
+    .unwrap();
     s.wait_log("reload rejected", Duration::from_secs(5));
-    assert!(metric(&s, "sluice_config_load_error_total").await.ends_with(" 1"));
+    assert!(
+        metric(&s, "sluice_config_load_error_total")
+            .await
+            .ends_with(" 1")
+    );
     let b = req("hot", vec![desc(&[("b", "x")])]);
     assert_eq!(codes(&mut c, &b, 2).await, vec![OK, OVER]);
 }
@@ -90,7 +112,11 @@ async fn configmap_symlink_swap_is_picked_up() {
     let s = Sluice::start_on_path(dir, cm.clone(), &Opts::default());
     let mut c = s.client().await;
     let cc = req("hot", vec![desc(&[("c", "x")])]);
-    assert!(call(&mut c, cc.clone()).await.statuses[0].current_limit.is_none());
+    assert!(
+        call(&mut c, cc.clone()).await.statuses[0]
+            .current_limit
+            .is_none()
+    );
 
     configmap_version(&cm, "v2", V2);
     let applied = eventually(Duration::from_secs(2), || {

@@ -65,7 +65,10 @@ async fn fixed_window_limit_reports_limit_remaining_and_reset() {
         let st = &resp.statuses[0];
         assert_eq!(st.code, OK);
         let limit = st.current_limit.as_ref().unwrap();
-        assert_eq!((limit.requests_per_unit, limit.unit, limit.name.as_str()), (3, 2, "three"));
+        assert_eq!(
+            (limit.requests_per_unit, limit.unit, limit.name.as_str()),
+            (3, 2, "three")
+        );
         assert_eq!(st.limit_remaining, remaining);
         let reset = st.duration_until_reset.as_ref().unwrap().seconds;
         assert!((1..=60).contains(&reset), "reset {reset}");
@@ -85,10 +88,21 @@ async fn unknown_domain_no_match_allow_list_and_unlimited() {
     assert_eq!(resp.statuses.len(), 1);
     assert!(resp.statuses[0].current_limit.is_none());
 
-    let resp = call(&mut c, req("rls", vec![desc(&[("no", "rule")]), desc(&[("allow_listed", "me")])])).await;
+    let resp = call(
+        &mut c,
+        req(
+            "rls",
+            vec![desc(&[("no", "rule")]), desc(&[("allow_listed", "me")])],
+        ),
+    )
+    .await;
     assert_eq!(resp.overall_code, OK);
     assert_eq!(resp.statuses.len(), 2);
-    assert!(resp.statuses.iter().all(|s| s.code == OK && s.current_limit.is_none()));
+    assert!(
+        resp.statuses
+            .iter()
+            .all(|s| s.code == OK && s.current_limit.is_none())
+    );
 
     for _ in 0..5 {
         let resp = call(&mut c, req("rls", vec![desc(&[("generic_key", "free")])])).await;
@@ -123,7 +137,14 @@ async fn default_nodes_count_each_value_and_depth_is_exact() {
     let resp = call(&mut c, other).await;
     assert!(resp.statuses[0].current_limit.is_none());
     // More entries than the tree: no rule.
-    let deep = req("rls", vec![desc(&[("user", "dave"), ("path", "/api/x"), ("extra", "1")])]);
+    let deep = req(
+        "rls",
+        vec![desc(&[
+            ("user", "dave"),
+            ("path", "/api/x"),
+            ("extra", "1"),
+        ])],
+    );
     assert!(call(&mut c, deep).await.statuses[0].current_limit.is_none());
 }
 
@@ -181,7 +202,10 @@ async fn quota_mode_is_over_only_when_all_quota_descriptors_are() {
     avoid_minute_boundary(10).await;
     let s = Sluice::start(CONFIG, &[]);
     let mut c = s.client().await;
-    let r = req("rls", vec![desc(&[("quota_a", "k")]), desc(&[("quota_b", "k")])]);
+    let r = req(
+        "rls",
+        vec![desc(&[("quota_a", "k")]), desc(&[("quota_b", "k")])],
+    );
     let first = call(&mut c, r.clone()).await;
     assert_eq!(first.overall_code, OK);
     // quota_a is now over (1/min), quota_b still has room: overall OK.
@@ -212,9 +236,16 @@ async fn override_bypasses_matching_and_unknown_unit_is_invalid() {
         requests_per_unit: 2,
         unit: 0,
     });
-    let err = c.should_rate_limit(req("rls", vec![bad])).await.unwrap_err();
+    let err = c
+        .should_rate_limit(req("rls", vec![bad]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().contains("descriptors[0].limit.unit"), "{}", err.message());
+    assert!(
+        err.message().contains("descriptors[0].limit.unit"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -248,21 +279,44 @@ async fn token_bucket_and_sliding_window_never_charge_rejections() {
 
 #[tokio::test]
 async fn bad_input_is_invalid_argument_naming_the_field() {
-    let s = Sluice::start(CONFIG, &["--max-descriptors", "2", "--max-entries", "2", "--max-value-bytes", "16"]);
+    let s = Sluice::start(
+        CONFIG,
+        &[
+            "--max-descriptors",
+            "2",
+            "--max-entries",
+            "2",
+            "--max-value-bytes",
+            "16",
+        ],
+    );
     let mut c = s.client().await;
     let cases = [
         (req("", vec![desc(&[("a", "b")])]), "domain"),
         (req("rls", vec![]), "descriptors"),
         (req("rls", vec![desc(&[])]), "descriptors[0].entries"),
-        (req("rls", vec![desc(&[("", "b")])]), "descriptors[0].entries[0].key"),
+        (
+            req("rls", vec![desc(&[("", "b")])]),
+            "descriptors[0].entries[0].key",
+        ),
         (req("rls", vec![desc(&[("a", "b")]); 3]), "limit of 2"),
-        (req("rls", vec![desc(&[("a", "b"), ("c", "d"), ("e", "f")])]), "limit of 2"),
-        (req("rls", vec![desc(&[("a", &"x".repeat(17))])]), "limit of 16"),
+        (
+            req("rls", vec![desc(&[("a", "b"), ("c", "d"), ("e", "f")])]),
+            "limit of 2",
+        ),
+        (
+            req("rls", vec![desc(&[("a", &"x".repeat(17))])]),
+            "limit of 16",
+        ),
     ];
     for (r, needle) in cases {
         let err = c.should_rate_limit(r).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        assert!(err.message().contains(needle), "{needle:?} not in {:?}", err.message());
+        assert!(
+            err.message().contains(needle),
+            "{needle:?} not in {:?}",
+            err.message()
+        );
     }
     // Still serving afterwards.
     let resp = call(&mut c, req("rls", vec![desc(&[("generic_key", "free")])])).await;
@@ -290,19 +344,47 @@ async fn response_headers_draft03_and_ietf() {
     avoid_minute_boundary(10).await;
     let s = Sluice::start(CONFIG, &["--response-headers", "draft03"]);
     let mut c = s.client().await;
-    let resp = call(&mut c, req("rls", vec![desc(&[("generic_key", "three")]), desc(&[("user", "h")])])).await;
-    let h: Vec<(String, String)> = resp.response_headers_to_add.iter().map(|h| (h.key.clone(), h.value.clone())).collect();
-    assert!(h.contains(&("RateLimit-Limit".into(), "2, 2;w=60".into())), "{h:?}");
-    assert!(h.contains(&("RateLimit-Remaining".into(), "1".into())), "{h:?}");
+    let resp = call(
+        &mut c,
+        req(
+            "rls",
+            vec![desc(&[("generic_key", "three")]), desc(&[("user", "h")])],
+        ),
+    )
+    .await;
+    let h: Vec<(String, String)> = resp
+        .response_headers_to_add
+        .iter()
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect();
+    assert!(
+        h.contains(&("RateLimit-Limit".into(), "2, 2;w=60".into())),
+        "{h:?}"
+    );
+    assert!(
+        h.contains(&("RateLimit-Remaining".into(), "1".into())),
+        "{h:?}"
+    );
     let resp = call(&mut c, req("rls", vec![desc(&[("no", "rule")])])).await;
     assert!(resp.response_headers_to_add.is_empty());
 
     let s = Sluice::start(CONFIG, &["--response-headers", "ietf"]);
     let mut c = s.client().await;
     let resp = call(&mut c, req("rls", vec![desc(&[("generic_key", "three")])])).await;
-    let h: Vec<(String, String)> = resp.response_headers_to_add.iter().map(|h| (h.key.clone(), h.value.clone())).collect();
-    assert!(h.contains(&("RateLimit-Policy".into(), "\"three\";q=3;w=60".into())), "{h:?}");
-    assert!(h.iter().any(|(k, v)| k == "RateLimit" && v.starts_with("\"three\";r=2;t=")), "{h:?}");
+    let h: Vec<(String, String)> = resp
+        .response_headers_to_add
+        .iter()
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect();
+    assert!(
+        h.contains(&("RateLimit-Policy".into(), "\"three\";q=3;w=60".into())),
+        "{h:?}"
+    );
+    assert!(
+        h.iter()
+            .any(|(k, v)| k == "RateLimit" && v.starts_with("\"three\";r=2;t=")),
+        "{h:?}"
+    );
 }
 
 #[tokio::test]
@@ -310,10 +392,19 @@ async fn request_id_is_echoed_or_generated() {
     let s = Sluice::start(CONFIG, &[]);
     let mut c = s.client().await;
     let mut r = tonic::Request::new(req("rls", vec![desc(&[("generic_key", "free")])]));
-    r.metadata_mut().insert("x-request-id", "abc-123".parse().unwrap());
+    r.metadata_mut()
+        .insert("x-request-id", "abc-123".parse().unwrap());
     let resp = c.should_rate_limit(r).await.unwrap();
     assert_eq!(resp.metadata().get("x-request-id").unwrap(), "abc-123");
-    let resp = c.should_rate_limit(req("rls", vec![desc(&[("generic_key", "free")])])).await.unwrap();
-    let id = resp.metadata().get("x-request-id").unwrap().to_str().unwrap();
+    let resp = c
+        .should_rate_limit(req("rls", vec![desc(&[("generic_key", "free")])]))
+        .await
+        .unwrap();
+    let id = resp
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
     assert_eq!(id.len(), 36, "{id}");
 }

@@ -14,7 +14,11 @@ impl FixedWindow {
     pub(super) fn evaluate(&self, spec: &LimitSpec, now: u64, hits: u64) -> (Verdict, FixedWindow) {
         let w = spec.window_ns();
         let start = now - now % w;
-        let before = if self.window_start == start { self.count } else { 0 };
+        let before = if self.window_start == start {
+            self.count
+        } else {
+            0
+        };
         let after = before.saturating_add(hits);
         let limit = u64::from(spec.requests_per_unit);
         let verdict = Verdict {

@@ -26,25 +26,39 @@ impl TokenBucket {
             return (verdict, *self);
         }
         let interval = (w / u64::from(spec.requests_per_unit)).max(1);
-        let tau = interval.saturating_mul(u64::from(spec.burst));
+        // In u128: a large burst of a slow rate (`burst * interval`) and the
+        // TAT it leads to can exceed u64 nanoseconds; saturating them would
+        // admit without end. A TAT past what a u64 holds is refused.
+        let tau = u128::from(interval) * u128::from(spec.burst);
         let tat = self.tat.max(now);
-        let new_tat = tat.saturating_add(interval.saturating_mul(hits));
-        let admitted = new_tat - now <= tau;
+        let new_tat = u128::from(tat) + u128::from(interval) * u128::from(hits);
+        let ahead = new_tat - u128::from(now);
+        let admitted = ahead <= tau && new_tat <= u128::from(u64::MAX);
+        let used_before = (tat - now).div_ceil(interval);
         let verdict = if admitted {
             Verdict {
                 admitted,
-                used_before: (tat - now).div_ceil(interval),
-                remaining: (tau - (new_tat - now)) / interval,
-                reset_ns: new_tat - now,
+                used_before,
+                remaining: saturate((tau - ahead) / u128::from(interval)),
+                reset_ns: saturate(ahead),
             }
         } else {
             Verdict {
                 admitted,
-                used_before: (tat - now).div_ceil(interval),
+                used_before,
                 remaining: 0,
-                reset_ns: new_tat - tau - now,
+                reset_ns: saturate(ahead.saturating_sub(tau)),
             }
         };
-        (verdict, TokenBucket { tat: new_tat })
+        (
+            verdict,
+            TokenBucket {
+                tat: saturate(new_tat),
+            },
+        )
     }
+}
+
+fn saturate(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
 }

@@ -64,8 +64,13 @@ fn hit(d: &Domain, entries: &[(&str, &str)]) -> Option<String> {
         .iter()
         .map(|&(key, value)| Entry { key, value })
         .collect();
-    d.find(&entries)
-        .map(|m| m.rule.name.as_deref().expect("test rules are named").to_string())
+    d.find(&entries).map(|m| {
+        m.rule
+            .name
+            .as_deref()
+            .expect("test rules are named")
+            .to_string()
+    })
 }
 
 fn some(name: &str) -> Option<String> {
@@ -170,10 +175,16 @@ fn the_rule_of_the_last_matched_node_applies_and_only_that_one() {
     assert_eq!(hit(&d, &[("a", "1"), ("b", "x")]), some("b"));
     // Stopping on a node without a rule: nothing, not the parent's rule.
     assert_eq!(hit(&d, &[("a", "1"), ("b", "x"), ("c", "3")]), None);
-    assert_eq!(hit(&d, &[("a", "1"), ("b", "x"), ("c", "3"), ("d", "y")]), some("d"));
+    assert_eq!(
+        hit(&d, &[("a", "1"), ("b", "x"), ("c", "3"), ("d", "y")]),
+        some("d")
+    );
     // Deeper than the tree: nothing, not the deepest rule met.
     assert_eq!(
-        hit(&d, &[("a", "1"), ("b", "x"), ("c", "3"), ("d", "y"), ("e", "z")]),
+        hit(
+            &d,
+            &[("a", "1"), ("b", "x"), ("c", "3"), ("d", "y"), ("e", "z")]
+        ),
         None
     );
     // A level that does not match: nothing, not the rule above it.
@@ -210,7 +221,12 @@ fn no_backtracking_from_exact_to_default() {
         "d",
         vec![
             node("k", "v", None, vec![node("x", "1", Some("v.x1"), vec![])]),
-            node("k", "", None, vec![node("y", "", Some("default.y"), vec![])]),
+            node(
+                "k",
+                "",
+                None,
+                vec![node("y", "", Some("default.y"), vec![])],
+            ),
         ],
     );
     assert_eq!(hit(&d, &[("k", "v"), ("x", "1")]), some("v.x1"));
@@ -275,13 +291,27 @@ fn match_reports_the_path_and_how_each_node_matched() {
             "k",
             "v*",
             None,
-            vec![node("e", "1", None, vec![node("f", "", Some("leaf"), vec![])])],
+            vec![node(
+                "e",
+                "1",
+                None,
+                vec![node("f", "", Some("leaf"), vec![])],
+            )],
         )],
     );
     let entries = [
-        Entry { key: "k", value: "vx" },
-        Entry { key: "e", value: "1" },
-        Entry { key: "f", value: "q" },
+        Entry {
+            key: "k",
+            value: "vx",
+        },
+        Entry {
+            key: "e",
+            value: "1",
+        },
+        Entry {
+            key: "f",
+            value: "q",
+        },
     ];
     let m = d.find(&entries).expect("matches");
     assert_eq!(m.rule.name.as_deref(), Some("leaf"));
@@ -300,21 +330,31 @@ fn labels_join_key_and_value() {
 #[test]
 fn insert_rejects_duplicate_siblings() {
     let mut l = Level::default();
-    l.insert(node("k", "", None, vec![])).expect("first default");
+    l.insert(node("k", "", None, vec![]))
+        .expect("first default");
     l.insert(node("k", "v", None, vec![])).expect("first exact");
-    l.insert(node("k", "v*", None, vec![])).expect("first wildcard");
-    l.insert(node("k", "*v", None, vec![])).expect("another wildcard");
-    l.insert(node("other", "", None, vec![])).expect("another key");
+    l.insert(node("k", "v*", None, vec![]))
+        .expect("first wildcard");
+    l.insert(node("k", "*v", None, vec![]))
+        .expect("another wildcard");
+    l.insert(node("other", "", None, vec![]))
+        .expect("another key");
 
-    let e = l.insert(node("k", "", Some("r"), vec![])).expect_err("second default");
+    let e = l
+        .insert(node("k", "", Some("r"), vec![]))
+        .expect_err("second default");
     assert_eq!(e.key, "k");
     assert!(e.to_string().contains("no value"), "{e}");
 
-    let e = l.insert(node("k", "v", None, vec![])).expect_err("second exact");
+    let e = l
+        .insert(node("k", "v", None, vec![]))
+        .expect_err("second exact");
     assert!(e.to_string().contains("'v'"), "{e}");
     assert!(e.to_string().contains("'k'"), "{e}");
 
-    let e = l.insert(node("k", "v*", None, vec![])).expect_err("same wildcard");
+    let e = l
+        .insert(node("k", "v*", None, vec![]))
+        .expect_err("same wildcard");
     assert!(e.to_string().contains("'v*'"), "{e}");
 
     assert_eq!(l.nodes().count(), 5);
@@ -364,8 +404,18 @@ fn rule_set_finds_domains_and_lists_every_rule() {
     let one = domain(
         "one",
         vec![
-            node("a", "", Some("one.a"), vec![node("b", "", Some("one.a.b"), vec![])]),
-            node("c", "1", None, vec![node("d", "*", Some("one.c1.d"), vec![])]),
+            node(
+                "a",
+                "",
+                Some("one.a"),
+                vec![node("b", "", Some("one.a.b"), vec![])],
+            ),
+            node(
+                "c",
+                "1",
+                None,
+                vec![node("d", "*", Some("one.c1.d"), vec![])],
+            ),
             node("allow", "x", None, vec![]),
         ],
     );

@@ -84,7 +84,10 @@ impl Sluice {
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
-        for stream in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+        for stream in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
@@ -120,7 +123,10 @@ impl Sluice {
                 }
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("sluice did not start within 20 s; output:\n{}", seen.join("\n"));
+                    panic!(
+                        "sluice did not start within 20 s; output:\n{}",
+                        seen.join("\n")
+                    );
                 }
             }
         }
@@ -158,7 +164,10 @@ impl Sluice {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "sluice did not exit within {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "sluice did not exit within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -278,7 +287,9 @@ pub async fn avoid_minute_boundary(need: u64) {
 /// Path of a tool installed by the test command (scripts/test.sh) into
 /// `.venv/bin`, or found on PATH.
 pub fn tool(name: &str) -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin").join(name);
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".venv/bin")
+        .join(name);
     if venv.exists() {
         return venv;
     }

@@ -502,11 +502,7 @@ fn parse_single(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<Parsed> {
     Some((limits, block.name, block.replaces.into()))
 }
 
-fn parse_list(
-    ctx: &mut Ctx<'_>,
-    path: &str,
-    v: &Value,
-) -> Option<ParsedList> {
+fn parse_list(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Option<ParsedList> {
     let Value::Sequence(items) = v else {
         ctx.err(path, format!("must be a list of limits, not {}", kind(v)));
         return None;

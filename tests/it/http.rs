@@ -117,3 +117,20 @@ async fn per_value_metrics_are_capped() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn live_counters_are_capped_and_overflow_is_metered() {
+    let s = Sluice::start(CONFIG, &["--max-counters", "10"]);
+    for i in 0..25 {
+        let b = json!({"domain": "web", "descriptors": [{"entries": [{"key": "client", "value": format!("v{i}")}]}]}).to_string();
+        assert_eq!(post(&s, &b).await.0, 200);
+    }
+    let text = reqwest::get(s.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("sluice_counters_live 10"), "{text}");
+    assert!(text.contains("sluice_counters_overflow_total 15"), "{text}");
+}

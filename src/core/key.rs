@@ -20,8 +20,12 @@ pub enum Part {
     Override = b'o',
 }
 
+/// Where keys are built: inline up to 256 bytes, so a typical request's
+/// keys need no heap allocation.
+pub type KeyBuf = smallvec::SmallVec<[u8; 256]>;
+
 /// Appends one part to `buf`.
-pub fn push(buf: &mut Vec<u8>, part: Part, bytes: &[u8]) {
+pub fn push(buf: &mut KeyBuf, part: Part, bytes: &[u8]) {
     // Lengths are bounded by request validation far below u32::MAX; a
     // longer part would still encode injectively as long as the length
     // is written in full, so saturate rather than truncate silently.
@@ -35,8 +39,8 @@ pub fn push(buf: &mut Vec<u8>, part: Part, bytes: &[u8]) {
 mod tests {
     use super::*;
 
-    fn key(parts: &[(Part, &str)]) -> Vec<u8> {
-        let mut b = Vec::new();
+    fn key(parts: &[(Part, &str)]) -> KeyBuf {
+        let mut b = KeyBuf::new();
         for (p, s) in parts {
             push(&mut b, *p, s.as_bytes());
         }

@@ -14,6 +14,7 @@ pub mod headers;
 pub mod request;
 pub mod validate;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -125,12 +126,30 @@ enum Plan<'r> {
 
 struct Limited<'r> {
     rule: Option<&'r Rule>,
-    limits: SmallVec<[LimitSpec; 2]>,
+    limits: Cow<'r, [LimitSpec]>,
     policy: ChargePolicy,
     hits: u64,
     key: std::ops::Range<usize>,
-    stats: Arc<RuleStats>,
-    stats_key: Option<Arc<str>>,
+    stats: Held<'r, RuleStats>,
+    stats_key: Option<Held<'r, str>>,
+}
+
+/// A value borrowed from the current rules, or owned when built for this
+/// request (per-value metric keys, overrides). Borrowing keeps the common
+/// path free of reference-count traffic on shared cache lines.
+enum Held<'r, T: ?Sized> {
+    Borrowed(&'r T),
+    Owned(Arc<T>),
+}
+
+impl<T: ?Sized> std::ops::Deref for Held<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match self {
+            Held::Borrowed(r) => r,
+            Held::Owned(a) => a,
+        }
+    }
 }
 
 impl<S: CounterStore> Engine<S> {
@@ -191,7 +210,7 @@ impl<S: CounterStore> Engine<S> {
         } else {
             u64::from(req.hits_addend)
         };
-        let mut keys: Vec<u8> = Vec::with_capacity(64 * req.descriptors.len());
+        let mut keys = key::KeyBuf::new();
         let mut plans: SmallVec<[Plan<'_>; 4]> = SmallVec::with_capacity(req.descriptors.len());
         for d in &req.descriptors {
             let hits = d.hits_addend.unwrap_or(default_hits);
@@ -220,7 +239,7 @@ impl<S: CounterStore> Engine<S> {
             }
         }
         let outcomes = if checks.is_empty() {
-            Vec::new()
+            crate::store::Outcomes::new()
         } else {
             self.store.check(&checks).await?
         };
@@ -313,7 +332,7 @@ impl<S: CounterStore> Engine<S> {
         d: &Descriptor<'_>,
         o: request::LimitOverride,
         hits: u64,
-        keys: &mut Vec<u8>,
+        keys: &mut key::KeyBuf,
     ) -> Plan<'r> {
         let Some(unit) = o.unit else {
             return Plan::None; // rejected by validation already
@@ -333,21 +352,21 @@ impl<S: CounterStore> Engine<S> {
             .dynamic_stats
             .get(&stats_key)
             .unwrap_or_else(|| self.override_stats.clone());
-        let limits = SmallVec::from_iter([LimitSpec::new(
+        let limits = vec![LimitSpec::new(
             o.requests_per_unit,
             unit,
             Algorithm::FixedWindow,
             None,
             0,
-        )]);
+        )];
         Plan::Limited(Limited {
             rule: None,
             policy: ChargePolicy::for_limits(&limits),
-            limits,
+            limits: Cow::Owned(limits),
             hits,
             key: start..keys.len(),
-            stats,
-            stats_key: Some(stats_key.into()),
+            stats: Held::Owned(stats),
+            stats_key: Some(Held::Owned(stats_key.into())),
         })
     }
 
@@ -357,12 +376,12 @@ impl<S: CounterStore> Engine<S> {
         d: &Descriptor<'_>,
         m: &Match<'r>,
         hits: u64,
-        keys: &mut Vec<u8>,
+        keys: &mut key::KeyBuf,
     ) -> Plan<'r> {
         let rule: &'r Rule = m.rule;
-        let (limits, policy) = match &rule.limits {
+        let (limits, policy): (&'r [LimitSpec], ChargePolicy) = match &rule.limits {
             RuleLimits::Unlimited => return Plan::Unlimited(rule),
-            RuleLimits::Limited { limits, policy } => (limits, *policy),
+            RuleLimits::Limited { limits, policy } => (limits.as_slice(), *policy),
         };
         let start = keys.len();
         key::push(keys, Part::Domain, domain.as_bytes());
@@ -380,7 +399,7 @@ impl<S: CounterStore> Engine<S> {
         let (stats, stats_key) = self.rule_stats(domain, d, m);
         Plan::Limited(Limited {
             rule: Some(rule),
-            limits: limits.clone(),
+            limits: Cow::Borrowed(limits),
             policy,
             hits,
             key: start..keys.len(),
@@ -391,16 +410,22 @@ impl<S: CounterStore> Engine<S> {
 
     /// The stats for a matched rule: its own, or, with `detailed_metric` or
     /// `value_to_metric`, a bounded per-value key built like the reference.
-    fn rule_stats(
+    fn rule_stats<'r>(
         &self,
         domain: &str,
         d: &Descriptor<'_>,
-        m: &Match<'_>,
-    ) -> (Arc<RuleStats>, Option<Arc<str>>) {
-        let rule = m.rule;
+        m: &Match<'r>,
+    ) -> (Held<'r, RuleStats>, Option<Held<'r, str>>) {
+        let rule: &'r Rule = m.rule;
+        let own = || {
+            (
+                Held::Borrowed(&*rule.stats),
+                Some(Held::Borrowed(&*rule.stats_key)),
+            )
+        };
         let value_to_metric = m.path.iter().any(|n| n.value_to_metric);
         if !rule.detailed_metric && !value_to_metric {
-            return (rule.stats.clone(), Some(rule.stats_key.clone()));
+            return own();
         }
         let mut k = String::with_capacity(rule.stats_key.len() + 32);
         k.push_str(domain);
@@ -422,8 +447,8 @@ impl<S: CounterStore> Engine<S> {
             }
         }
         match self.dynamic_stats.get(&k) {
-            Some(s) => (s, Some(k.into())),
-            None => (rule.stats.clone(), Some(rule.stats_key.clone())),
+            Some(s) => (Held::Owned(s), Some(Held::Owned(k.into()))),
+            None => own(),
         }
     }
 }
@@ -443,7 +468,7 @@ fn limit_name(rule: Option<&Rule>, i: usize) -> Option<Arc<str>> {
 fn policy_name(l: &Limited<'_>, i: usize) -> String {
     match (limit_name(l.rule, i), &l.stats_key) {
         (Some(n), _) => n.to_string(),
-        (None, Some(k)) => k.to_string(),
+        (None, Some(k)) => (**k).to_string(),
         (None, None) => String::new(),
     }
 }

@@ -22,7 +22,7 @@ use hashbrown::HashTable;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
 
-use super::{Check, CounterStore, StoreError, StoreStats};
+use super::{Check, CounterStore, Outcomes, StoreError, StoreStats};
 use crate::core::algorithm::{self, LimitState, Outcome};
 use crate::core::clock::Clock;
 use crate::core::limit::LimitSpec;
@@ -187,7 +187,7 @@ fn store_states(counter: &mut Counter, limits: &[LimitSpec], states: &[LimitStat
 }
 
 impl CounterStore for MemoryStore {
-    async fn check(&self, checks: &[Check<'_>]) -> Result<Vec<Outcome>, StoreError> {
+    async fn check(&self, checks: &[Check<'_>]) -> Result<Outcomes, StoreError> {
         let now = self.clock.now_ns();
         Ok(checks.iter().map(|c| self.check_one(c, now)).collect())
     }

@@ -18,6 +18,9 @@ use crate::core::limit::{ChargePolicy, LimitSpec};
 
 pub use memory::MemoryStore;
 
+/// One outcome per check, inline for typical request sizes.
+pub type Outcomes = smallvec::SmallVec<[Outcome; 4]>;
+
 /// One descriptor's limits to decide.
 #[derive(Clone, Copy, Debug)]
 pub struct Check<'a> {
@@ -48,7 +51,7 @@ pub trait CounterStore: Send + Sync + std::fmt::Debug + 'static {
     fn check(
         &self,
         checks: &[Check<'_>],
-    ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Outcomes, StoreError>> + Send;
 
     /// Gauges and counters about the store itself, for `/metrics`.
     fn store_stats(&self) -> StoreStats;

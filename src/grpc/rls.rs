@@ -3,7 +3,8 @@
 //! up, and returned in the response metadata.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use tonic::metadata::MetadataValue;
@@ -38,18 +39,45 @@ impl<S> RlsService<S> {
 }
 
 /// The caller's request id, or a new one.
-pub fn request_id(
-    metadata: &tonic::metadata::MetadataMap,
-) -> MetadataValue<tonic::metadata::Ascii> {
+///
+/// New ids are a random per-process prefix and a counter
+/// (`3f9a1c07e2b4-1b`): unique across replicas for log correlation, and
+/// short, since every response carries one. They are marked sensitive so
+/// HPACK never spends a dynamic-table slot on a value that never repeats.
+pub fn request_id(metadata: &tonic::metadata::MetadataMap) -> MetadataValue<tonic::metadata::Ascii> {
+    static PREFIX: OnceLock<[u8; 12]> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     if let Some(v) = metadata.get(REQUEST_ID) {
         if !v.is_empty() && v.len() <= 128 {
             return v.clone();
         }
     }
-    let id = uuid::Uuid::new_v4();
-    let mut buf = uuid::Uuid::encode_buffer();
-    MetadataValue::try_from(&*id.hyphenated().encode_lower(&mut buf))
-        .unwrap_or_else(|_| MetadataValue::from_static("invalid"))
+    let prefix = PREFIX.get_or_init(|| {
+        let mut p = [0u8; 12];
+        // 48 random bits are plenty to tell replicas apart; truncation intended.
+        hex_into(&mut p, uuid::Uuid::new_v4().as_u128() as u64);
+        p
+    });
+    let mut buf = [0u8; 12 + 1 + 16];
+    buf[..12].copy_from_slice(prefix);
+    buf[12] = b'-';
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+    hex_into(&mut buf[13..13 + digits], n);
+    let mut v = MetadataValue::try_from(&buf[..13 + digits])
+        .unwrap_or_else(|_| MetadataValue::from_static("invalid"));
+    v.set_sensitive(true);
+    v
+}
+
+/// Writes the low `out.len()` hex digits of `n` into `out`, most
+/// significant first.
+fn hex_into(out: &mut [u8], mut n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(n & 0xf) as usize];
+        n >>= 4;
+    }
 }
 
 #[tonic::async_trait]

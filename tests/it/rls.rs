@@ -406,5 +406,7 @@ async fn request_id_is_echoed_or_generated() {
         .unwrap()
         .to_str()
         .unwrap();
-    assert_eq!(id.len(), 36, "{id}");
+    assert!(id.len() >= 14 && id.contains('-'), "{id}");
+    let next = c.should_rate_limit(req("rls", vec![desc(&[("generic_key", "free")])])).await.unwrap();
+    assert_ne!(next.metadata().get("x-request-id").unwrap().to_str().unwrap(), id);
 }

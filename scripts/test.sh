@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine, then runs every
 # test: formatting, clippy, unit and property tests, and the integration
-# suite (real sluice binary, real grpcurl, real Envoy).
+# suite (real sluice binary, real grpcurl, real Envoy, real Redis).
 #
 # Needs: a Rust toolchain (cargo, rustfmt, clippy) and root or sudo for
 # apt-get when Debian packages are missing.
@@ -22,6 +22,11 @@ command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v curl >/dev/null || missing+=(curl)
 command -v gcc >/dev/null || missing+=(gcc)
+# Real Redis servers for the Redis store's integration tests
+# (tests/it/support/redis.rs): standalone, sentinel and cluster.
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
 if [ ${#missing[@]} -gt 0 ]; then
     log "apt-get install ${missing[*]}"
     as_root apt-get update -qq
@@ -47,5 +52,8 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets -- -D warnings
 
-log "cargo test"
+log "cargo test (counters in memory)"
 cargo test --all-targets
+
+log "integration suite again, counters in a real Redis Cluster (3 masters + 3 replicas)"
+SLUICE_IT_STORE=redis-cluster cargo test --test it -- --skip memory_only --skip redis_fixtures --skip redis_store

@@ -24,7 +24,9 @@ use crate::engine::{Engine, HeaderMode, RequestLimits, Settings};
 use crate::grpc::RlsService;
 use crate::grpc::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::http::{self, HttpState};
-use crate::store::MemoryStore;
+use crate::store::redis::{RedisOptions, RedisStore, redacted};
+use crate::store::resilient::{AnyStore, ResilienceOptions, Resilient};
+use crate::store::{CounterStore, MemoryStore};
 use crate::telemetry::metrics::{self, Metrics};
 
 /// Everything `sluice serve` is told.
@@ -43,9 +45,18 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// Shifts the memory store's clock (tests of window alignment).
     pub clock_offset_ns: i64,
+    /// Shared counters in Redis; `None` keeps them in memory.
+    pub redis: Option<RedisConfig>,
 }
 
-type Store = MemoryStore;
+/// The Redis store and how to survive its failures.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    pub options: RedisOptions,
+    pub resilience: ResilienceOptions,
+}
+
+type Store = AnyStore<RedisStore>;
 
 /// A built, bound, not yet running service.
 #[derive(Debug)]
@@ -90,12 +101,23 @@ impl Application {
             }
         };
         metrics.config_load_success.inc();
-        let store = MemoryStore::new(
+        let local = MemoryStore::new(
             Arc::new(SystemClock {
                 offset_ns: cfg.clock_offset_ns,
             }),
             cfg.max_counters,
         );
+        let store = match &cfg.redis {
+            None => AnyStore::Memory(local),
+            Some(r) => {
+                let url = redacted(&r.options.url);
+                let redis = RedisStore::connect(r.options.clone())
+                    .await
+                    .with_context(|| format!("cannot connect to Redis at {url}"))?;
+                tracing::info!(redis = %url, failure_mode = ?r.resilience.mode, "counters in Redis");
+                AnyStore::Shared(Arc::new(Resilient::new(redis, local, r.resilience)))
+            }
+        };
         let engine = Arc::new(Engine::new(
             store,
             rules,
@@ -201,6 +223,7 @@ impl Application {
                 let _ = grpc_stop.wait_for(|s| *s).await;
             });
 
+        let health_task = tokio::spawn(follow_store_health(engine.clone(), health.clone()));
         let registry = metrics::registry(metrics.clone(), engine.clone());
         let http_state = Arc::new(HttpState {
             engine: engine.clone(),
@@ -240,6 +263,7 @@ impl Application {
         health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+        health_task.abort();
         let _ = stop_tx.send(true);
         watcher.abort();
         sweeper.abort();
@@ -260,7 +284,43 @@ impl Application {
             }
             Err(_) => tracing::warn!("drain timeout reached; stopping with requests still open"),
         }
+        if let AnyStore::Shared(r) = engine.store() {
+            r.primary().shutdown().await;
+        }
         Ok(())
+    }
+}
+
+/// Keeps gRPC health in step with the counter store: NOT_SERVING while a
+/// shared store is unreachable and the failure mode cannot stand in.
+async fn follow_store_health(
+    engine: Arc<Engine<Store>>,
+    health: tonic_health::server::HealthReporter,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serving = true;
+    loop {
+        tick.tick().await;
+        let ready = engine.store().health().ready;
+        if ready != serving {
+            serving = ready;
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            if ready {
+                health
+                    .set_serving::<RateLimitServiceServer<RlsService<Store>>>()
+                    .await;
+            } else {
+                health
+                    .set_not_serving::<RateLimitServiceServer<RlsService<Store>>>()
+                    .await;
+            }
+        }
     }
 }
 

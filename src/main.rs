@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use sluice::app::{Application, ServeConfig};
+use sluice::app::{Application, RedisConfig, ServeConfig};
 use sluice::config::{self, LoadOptions};
 use sluice::core::stats::StatsRegistry;
 use sluice::engine::{HeaderMode, RequestLimits};
+use sluice::store::redis::RedisOptions;
+use sluice::store::resilient::{FailureMode, ResilienceOptions};
 use sluice::telemetry::{self, LogFormat};
 
 /// A rate-limit decision service, wire-compatible with Envoy's external
@@ -25,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve ShouldRateLimit over gRPC, plus health, metrics and /json over HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate a configuration file or directory; print every error.
     CheckConfig {
         /// A YAML file, or a directory of them.
@@ -41,6 +43,30 @@ enum HeadersArg {
     None,
     Draft03,
     Ietf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FailureModeArg {
+    Allow,
+    Deny,
+    Local,
+}
+
+/// A secret from the command line or the environment; never printed.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -100,6 +126,33 @@ struct ServeArgs {
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value_t = 10)]
     drain_timeout: u64,
+    /// Keep counters in Redis, shared by every replica: redis://, rediss://,
+    /// redis-cluster://host:port?node=host:port&..., or
+    /// redis-sentinel://host:port?sentinelServiceName=NAME&node=host:port. Unset: in memory.
+    #[arg(long, env = "SLUICE_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Redis password, overriding the URL's (never logged).
+    #[arg(long, env = "SLUICE_REDIS_PASSWORD", hide_env_values = true)]
+    redis_password: Option<Secret>,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(long, env = "SLUICE_REDIS_KEY_PREFIX", default_value = "sluice")]
+    redis_key_prefix: String,
+    /// Bound on every Redis call, in milliseconds (Envoy's RPC timeout is 20 ms).
+    #[arg(long, env = "SLUICE_REDIS_TIMEOUT", default_value_t = 10)]
+    redis_timeout: u64,
+    /// Redis connections per node.
+    #[arg(long, env = "SLUICE_REDIS_POOL_SIZE", default_value_t = 2)]
+    redis_pool_size: usize,
+    /// While Redis is unreachable: allow (answer OK), deny (answer OVER_LIMIT),
+    /// or local (decide in memory with limits divided by --local-fallback-divisor).
+    #[arg(long, env = "SLUICE_FAILURE_MODE", value_enum, default_value = "allow")]
+    failure_mode: FailureModeArg,
+    /// Number of sluice replicas; local fallback limits are divided by it.
+    #[arg(long, env = "SLUICE_LOCAL_FALLBACK_DIVISOR", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    local_fallback_divisor: u32,
+    /// Keys remembered as over their limit until their window ends (0: off).
+    #[arg(long, env = "SLUICE_OVER_LIMIT_CACHE_SIZE", default_value_t = 100_000)]
+    over_limit_cache_size: u64,
     /// Shift the clock by this many milliseconds (testing window alignment only).
     #[arg(
         long,
@@ -118,7 +171,7 @@ fn main() -> ExitCode {
             path,
             merge_domains,
         } => check_config(&path, merge_domains),
-        Command::Serve(args) => match serve(args) {
+        Command::Serve(args) => match serve(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sluice: {e:#}");
@@ -178,6 +231,26 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_request_bytes: args.max_request_bytes,
         drain_timeout: Duration::from_secs(args.drain_timeout),
         clock_offset_ns: args.test_clock_offset_ms.saturating_mul(1_000_000),
+        redis: args.redis_url.map(|url| {
+            let mut options = RedisOptions::new(url);
+            options.password = args.redis_password.map(|s| s.0);
+            options.key_prefix = args.redis_key_prefix;
+            options.command_timeout = Duration::from_millis(args.redis_timeout.max(1));
+            options.pool_size = args.redis_pool_size.max(1);
+            RedisConfig {
+                options,
+                resilience: ResilienceOptions {
+                    mode: match args.failure_mode {
+                        FailureModeArg::Allow => FailureMode::Allow,
+                        FailureModeArg::Deny => FailureMode::Deny,
+                        FailureModeArg::Local => FailureMode::Local,
+                    },
+                    local_divisor: args.local_fallback_divisor,
+                    over_limit_cache_size: args.over_limit_cache_size,
+                    ..ResilienceOptions::default()
+                },
+            }
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

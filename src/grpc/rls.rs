@@ -44,7 +44,9 @@ impl<S> RlsService<S> {
 /// (`3f9a1c07e2b4-1b`): unique across replicas for log correlation, and
 /// short, since every response carries one. They are marked sensitive so
 /// HPACK never spends a dynamic-table slot on a value that never repeats.
-pub fn request_id(metadata: &tonic::metadata::MetadataMap) -> MetadataValue<tonic::metadata::Ascii> {
+pub fn request_id(
+    metadata: &tonic::metadata::MetadataMap,
+) -> MetadataValue<tonic::metadata::Ascii> {
     static PREFIX: OnceLock<[u8; 12]> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     if let Some(v) = metadata.get(REQUEST_ID) {

@@ -52,7 +52,20 @@ async fn readyz<S: CounterStore>(State(st): State<Arc<HttpState<S>>>) -> Respons
     } else if !st.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded\n").into_response()
     } else {
-        (StatusCode::OK, "ready\n").into_response()
+        let store = st.engine.store().health();
+        match (store.ready, store.degraded) {
+            (false, _) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "counter store unreachable\n",
+            )
+                .into_response(),
+            (true, true) => (
+                StatusCode::OK,
+                "ready (degraded: counter store unreachable, deciding locally)\n",
+            )
+                .into_response(),
+            (true, false) => (StatusCode::OK, "ready\n").into_response(),
+        }
     }
 }
 

@@ -197,6 +197,7 @@ impl CounterStore for MemoryStore {
             live_counters: self.live.load(Relaxed),
             expired: self.expired.load(Relaxed),
             overflow: self.overflow.load(Relaxed),
+            ..StoreStats::default()
         }
     }
 }

@@ -10,6 +10,8 @@
 //! config loading or telemetry.
 
 pub mod memory;
+pub mod redis;
+pub mod resilient;
 
 use std::future::Future;
 
@@ -17,6 +19,7 @@ use crate::core::algorithm::Outcome;
 use crate::core::limit::{ChargePolicy, LimitSpec};
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// One outcome per check, inline for typical request sizes.
 pub type Outcomes = smallvec::SmallVec<[Outcome; 4]>;
@@ -55,6 +58,30 @@ pub trait CounterStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Gauges and counters about the store itself, for `/metrics`.
     fn store_stats(&self) -> StoreStats;
+
+    /// Whether the store can serve, for readiness and health.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::default()
+    }
+}
+
+/// A store's readiness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// Decisions are being made as configured (for a shared store: it
+    /// answers, or the local fallback stands in for it).
+    pub ready: bool,
+    /// Decisions are not coming from the shared store.
+    pub degraded: bool,
+}
+
+impl Default for StoreHealth {
+    fn default() -> Self {
+        StoreHealth {
+            ready: true,
+            degraded: false,
+        }
+    }
 }
 
 /// What a store reports about itself.
@@ -66,4 +93,18 @@ pub struct StoreStats {
     pub expired: u64,
     /// Checks answered without a counter because the cap was reached.
     pub overflow: u64,
+    /// Shared store: script calls sent.
+    pub commands: u64,
+    /// Shared store: batches written to the network (a lower bound on
+    /// round trips saved by pipelining: commands / batches per batch).
+    pub batches: u64,
+    /// Checks answered by the failure mode while the shared store was
+    /// unreachable.
+    pub degraded_checks: u64,
+    /// Checks answered from the local over-limit cache.
+    pub cached_denials: u64,
+    /// Calls to the shared store that failed or timed out.
+    pub failures: u64,
+    /// Circuit breaker: 0 closed, 1 open, 2 half-open.
+    pub breaker: u8,
 }

@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 
 use crate::core::stats::StatsSnapshot;
 use crate::engine::Engine;
-use crate::store::{CounterStore, StoreStats};
+use crate::store::{CounterStore, StoreHealth, StoreStats};
 
 /// Upper bounds of the RPC latency buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -97,6 +97,7 @@ pub trait StatsSource: Send + Sync + std::fmt::Debug + 'static {
     /// Every rule and dynamic metric key with its counters.
     fn rule_stats(&self) -> Vec<(Arc<str>, StatsSnapshot)>;
     fn store_stats(&self) -> StoreStats;
+    fn store_health(&self) -> StoreHealth;
     /// Hits recorded on a rule's own key because the metric-key cap was hit.
     fn metric_key_overflow(&self) -> u64;
 }
@@ -126,6 +127,10 @@ impl<S: CounterStore> StatsSource for Engine<S> {
 
     fn store_stats(&self) -> StoreStats {
         self.store().store_stats()
+    }
+
+    fn store_health(&self) -> StoreHealth {
+        self.store().health()
     }
 
     fn metric_key_overflow(&self) -> u64 {
@@ -246,6 +251,48 @@ impl Collector for ServiceCollector {
             "sluice_counters_expired",
             "Counters dropped because their windows had passed",
             store.expired,
+        )?;
+        for (name, help, v) in [
+            (
+                "sluice_redis_commands",
+                "Script calls sent to Redis",
+                store.commands,
+            ),
+            (
+                "sluice_redis_batches",
+                "Pipelined batches written to Redis (round trips)",
+                store.batches,
+            ),
+            (
+                "sluice_store_degraded_checks",
+                "Checks answered by the failure mode while the shared store was unreachable",
+                store.degraded_checks,
+            ),
+            (
+                "sluice_store_cached_denials",
+                "Checks answered from the local over-limit cache",
+                store.cached_denials,
+            ),
+            (
+                "sluice_store_failures",
+                "Calls to the shared store that failed or timed out",
+                store.failures,
+            ),
+        ] {
+            counter(&mut encoder, name, help, v)?;
+        }
+        gauge(
+            &mut encoder,
+            "sluice_store_breaker_state",
+            "Circuit breaker in front of the shared store: 0 closed, 1 open, 2 half-open",
+            i64::from(store.breaker),
+        )?;
+        let health = self.source.store_health();
+        gauge(
+            &mut encoder,
+            "sluice_store_degraded",
+            "1 while decisions are not coming from the shared store",
+            i64::from(health.degraded),
         )?;
         counter(
             &mut encoder,

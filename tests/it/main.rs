@@ -16,5 +16,7 @@ mod envoy;
 mod grpcurl;
 mod http;
 mod lifecycle;
+mod redis_fixtures_selftest;
+mod redis_store;
 mod reload;
 mod rls;

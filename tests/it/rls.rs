@@ -407,6 +407,16 @@ async fn request_id_is_echoed_or_generated() {
         .to_str()
         .unwrap();
     assert!(id.len() >= 14 && id.contains('-'), "{id}");
-    let next = c.should_rate_limit(req("rls", vec![desc(&[("generic_key", "free")])])).await.unwrap();
-    assert_ne!(next.metadata().get("x-request-id").unwrap().to_str().unwrap(), id);
+    let next = c
+        .should_rate_limit(req("rls", vec![desc(&[("generic_key", "free")])]))
+        .await
+        .unwrap();
+    assert_ne!(
+        next.metadata()
+            .get("x-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        id
+    );
 }

@@ -200,7 +200,8 @@ fn sweep_drops_counters_whose_windows_have_passed() {
         StoreStats {
             live_counters: 4,
             expired: 0,
-            overflow: 0
+            overflow: 0,
+            ..StoreStats::default()
         }
     );
 
@@ -224,7 +225,8 @@ fn sweep_drops_counters_whose_windows_have_passed() {
         StoreStats {
             live_counters: 0,
             expired: 4,
-            overflow: 0
+            overflow: 0,
+            ..StoreStats::default()
         }
     );
 
@@ -299,7 +301,8 @@ fn past_the_cap_new_keys_are_admitted_but_not_stored() {
         StoreStats {
             live_counters: 10,
             expired: 0,
-            overflow: 0
+            overflow: 0,
+            ..StoreStats::default()
         }
     );
 
@@ -361,7 +364,8 @@ fn at_the_cap_a_new_key_sweeps_its_own_shard_first() {
         StoreStats {
             live_counters: 1,
             expired: 1,
-            overflow: 0
+            overflow: 0,
+            ..StoreStats::default()
         }
     );
     assert!(at_clock(&store, &clock, &check(&key, &limits, 1)).admitted);

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -69,7 +71,13 @@ impl Sluice {
     /// Starts sluice on an existing config path kept in `dir`.
     pub fn start_on_path(dir: tempfile::TempDir, config_path: PathBuf, opts: &Opts<'_>) -> Sluice {
         let mut cmd = Command::new(BIN);
+        let store = if opts.args.contains(&"--redis-url") {
+            Vec::new()
+        } else {
+            store_args()
+        };
         cmd.arg("serve")
+            .args(&store)
             .arg("--config")
             .arg(&config_path)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
@@ -195,6 +203,39 @@ impl Drop for Sluice {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether this run of the suite keeps counters in Redis
+/// (`SLUICE_IT_STORE=redis-cluster`, set by scripts/test.sh for its second
+/// pass) rather than in memory.
+pub fn on_redis() -> bool {
+    std::env::var("SLUICE_IT_STORE").is_ok_and(|v| v == "redis-cluster")
+}
+
+/// Extra `serve` arguments for the store under test: none for memory; for
+/// Redis, the run's shared 3+3 cluster and a key prefix of this process's
+/// own, so tests never see each other's counters.
+fn store_args() -> Vec<String> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    if !on_redis() {
+        return Vec::new();
+    }
+    let cluster = redis::RedisCluster::shared();
+    let prefix = format!(
+        "it{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    vec![
+        "--redis-url".into(),
+        cluster.url(),
+        "--redis-key-prefix".into(),
+        prefix,
+        // Debug builds under a loaded CI machine: generous, still bounded.
+        "--redis-timeout".into(),
+        "250".into(),
+    ]
 }
 
 fn field<'a>(line: &'a str, name: &str) -> &'a str {

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Load benchmark of sluice with its counters in Redis, side by side in one
+# run: a local standalone Redis and a local Redis Cluster (3 masters + 3
+# replicas, all on this machine), the memory store, the do-nothing ceiling,
+# and optionally a peer server you built yourself (its own Redis setup is
+# yours to give in PEER_CMD).
+#
+# Reports, per case: throughput and latency (h2load via
+# ../shared/bench/rls_bench.py), sluice and Redis CPU, and Redis commands
+# and round trips per decision (sluice's own counters, plus INFO
+# commandstats on every Redis node).
+#
+#   scripts/bench-redis.sh
+#   PEER_NAME=limitador PEER_ADDR=127.0.0.1:18181 \
+#   PEER_CMD="/path/to/limitador-server -b 127.0.0.1 -p 18181 -B 127.0.0.1 -P 18180 limits.yaml redis redis://127.0.0.1:18379" \
+#   scripts/bench-redis.sh
+#
+# Knobs: POINTS (default 1x1,16x16,64x8), REQUESTS (default 100000), REPEAT (3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BENCH_DIR=${BENCH_DIR:-../shared/bench}
+POINTS=${POINTS:-1x1,16x16,64x8}
+REQUESTS=${REQUESTS:-100000}
+REPEAT=${REPEAT:-3}
+STANDALONE_PORT=18379
+CLUSTER_PORTS=(18401 18402 18403 18404 18405 18406)
+
+for tool in h2load redis-server redis-cli; do
+    command -v "$tool" >/dev/null || { echo "$tool not found (apt-get install nghttp2-client redis-server redis-tools)" >&2; exit 1; }
+done
+
+cargo build --release --bin sluice --example ceiling
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_port() {
+    for _ in $(seq 200); do
+        if (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "nothing listening on $1" >&2
+    return 1
+}
+
+redis() { # port [extra args...]
+    local port=$1; shift
+    mkdir -p "$work/$port"
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$work/$port" --logfile "$work/$port/log" "$@" &
+    pids+=($!)
+    wait_port "127.0.0.1:$port"
+}
+
+redis "$STANDALONE_PORT"
+standalone_pid=${pids[-1]}
+cluster_pids=()
+for p in "${CLUSTER_PORTS[@]}"; do
+    redis "$p" --cluster-enabled yes --cluster-config-file "$work/$p/nodes.conf" --cluster-node-timeout 2000
+    cluster_pids+=(${pids[-1]})
+done
+redis-cli --cluster create $(printf '127.0.0.1:%s ' "${CLUSTER_PORTS[@]}") --cluster-replicas 1 --cluster-yes >/dev/null
+for _ in $(seq 100); do
+    redis-cli -p "${CLUSTER_PORTS[0]}" cluster info | grep -q 'cluster_state:ok' && break
+    sleep 0.1
+done
+cluster_url="redis-cluster://127.0.0.1:${CLUSTER_PORTS[0]}?node=127.0.0.1:${CLUSTER_PORTS[1]}&node=127.0.0.1:${CLUSTER_PORTS[2]}"
+
+serve() { # grpc-port http-port [redis-url]
+    local args=(serve --config benches/load/ --grpc-addr "127.0.0.1:$1" --http-addr "127.0.0.1:$2" --log-level warn)
+    [ -n "${3:-}" ] && args+=(--redis-url "$3" --redis-timeout 20)
+    ./target/release/sluice "${args[@]}" &
+    pids+=($!)
+    wait_port "127.0.0.1:$1"
+}
+serve 18081 18080;                                   memory_pid=${pids[-1]}
+serve 18082 18083 "redis://127.0.0.1:$STANDALONE_PORT"; standalone_sluice=${pids[-1]}
+serve 18084 18085 "$cluster_url";                    cluster_sluice=${pids[-1]}
+./target/release/examples/ceiling 127.0.0.1:18091 >/dev/null &
+pids+=($!); ceiling_pid=$!
+wait_port 127.0.0.1:18091
+
+evalsha_calls() { # ports...
+    local total=0 n
+    for p in "$@"; do
+        n=$(redis-cli -p "$p" info commandstats | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\).*/\1/p')
+        total=$((total + ${n:-0}))
+    done
+    echo "$total"
+}
+
+servers=(
+    "sluice-memory|127.0.0.1:18081|$memory_pid|18080|"
+    "sluice-redis|127.0.0.1:18082|$standalone_sluice|18083|$STANDALONE_PORT"
+    "sluice-redis-cluster|127.0.0.1:18084|$cluster_sluice|18085|${CLUSTER_PORTS[*]}"
+    "ceiling|127.0.0.1:18091|$ceiling_pid||"
+)
+if [ -n "${PEER_CMD:-}" ]; then
+    $PEER_CMD >/dev/null 2>&1 &
+    pids+=($!)
+    wait_port "$PEER_ADDR"
+    servers+=("${PEER_NAME:-peer}|$PEER_ADDR|$!||$STANDALONE_PORT")
+fi
+
+run() { # name addr pid http-port redis-ports label args...
+    local name=$1 addr=$2 pid=$3 http=$4 ports=$5 label=$6; shift 6
+    local extra=(--pid "server=$pid")
+    case $name in
+        sluice-redis) extra+=(--pid "redis=$standalone_pid") ;;
+        sluice-redis-cluster) for i in 0 1 2; do extra+=(--pid "redis$i=${cluster_pids[$i]}"); done ;;
+        ceiling|sluice-memory) ;;
+        *) extra+=(--pid "redis=$standalone_pid") ;;
+    esac
+    [ -n "$http" ] && extra+=(--metrics-url "http://127.0.0.1:$http/metrics" \
+        --metrics-match "sluice_rpc_decisions_total,sluice_redis_commands_total,sluice_redis_batches_total")
+    local before=0
+    [ -n "$ports" ] && before=$(evalsha_calls $ports)
+    echo
+    echo "### $name, $label"
+    python3 "$BENCH_DIR/rls_bench.py" --addr "$addr" --points "$POINTS" -n "$REQUESTS" \
+        --repeat "$REPEAT" --label "$name $label" "${extra[@]}" "$@"
+    if [ -n "$ports" ]; then
+        local after; after=$(evalsha_calls $ports)
+        echo "Redis EVALSHA calls during this case (all nodes, warm-ups and verify calls included): $((after - before))"
+    fi
+}
+
+for case in ok1 ok5 over; do
+    for s in "${servers[@]}"; do
+        IFS='|' read -r name addr pid http ports <<<"$s"
+        case $case in
+            ok1) run "$name" "$addr" "$pid" "$http" "$ports" "OK path, 1 descriptor" \
+                    --domain bench --descriptor api_key=k1 --fresh-key ;;
+            ok5) [ "$name" = ceiling ] && continue
+                 run "$name" "$addr" "$pid" "$http" "$ports" "OK path, 5 descriptors" --domain bench --fresh-key \
+                    --descriptor api_key=k1 --descriptor api_key=k2 --descriptor api_key=k3 \
+                    --descriptor api_key=k4 --descriptor api_key=k5 ;;
+            over) [ "$name" = ceiling ] && continue
+                  run "$name" "$addr" "$pid" "$http" "$ports" "over-limit path" \
+                    --domain bench_over --descriptor api_key=hot ;;
+        esac
+    done
+done

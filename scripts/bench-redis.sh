@@ -36,7 +36,8 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
+    wait 2>/dev/null || true
+    rm -rf "$work" || true
 }
 trap cleanup EXIT
 
@@ -66,15 +67,21 @@ for p in "${CLUSTER_PORTS[@]}"; do
     cluster_pids+=(${pids[-1]})
 done
 redis-cli --cluster create $(printf '127.0.0.1:%s ' "${CLUSTER_PORTS[@]}") --cluster-replicas 1 --cluster-yes >/dev/null
-for _ in $(seq 100); do
-    redis-cli -p "${CLUSTER_PORTS[0]}" cluster info | grep -q 'cluster_state:ok' && break
+for _ in $(seq 300); do
+    ok=0
+    for p in "${CLUSTER_PORTS[@]}"; do
+        redis-cli -p "$p" cluster info | grep -q 'cluster_state:ok' && ok=$((ok + 1))
+    done
+    [ "$ok" -eq ${#CLUSTER_PORTS[@]} ] && break
     sleep 0.1
 done
 cluster_url="redis-cluster://127.0.0.1:${CLUSTER_PORTS[0]}?node=127.0.0.1:${CLUSTER_PORTS[1]}&node=127.0.0.1:${CLUSTER_PORTS[2]}"
 
 serve() { # grpc-port http-port [redis-url]
     local args=(serve --config benches/load/ --grpc-addr "127.0.0.1:$1" --http-addr "127.0.0.1:$2" --log-level warn)
-    [ -n "${3:-}" ] && args+=(--redis-url "$3" --redis-timeout 20)
+    # A timeout long enough that no decision falls back to the failure mode
+    # under this load (sluice_store_degraded_checks_total is reported).
+    [ -n "${3:-}" ] && args+=(--redis-url "$3" --redis-timeout 200)
     ./target/release/sluice "${args[@]}" &
     pids+=($!)
     wait_port "127.0.0.1:$1"
@@ -90,6 +97,17 @@ evalsha_calls() { # ports...
     local total=0 n
     for p in "$@"; do
         n=$(redis-cli -p "$p" info commandstats | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\).*/\1/p')
+        total=$((total + ${n:-0}))
+    done
+    echo "$total"
+}
+
+# Read events Redis processed (one per batch of commands read off a
+# socket): the round trips Redis saw.
+redis_reads() { # ports...
+    local total=0 n
+    for p in "$@"; do
+        n=$(redis-cli -p "$p" info stats | tr -d '\r' | sed -n 's/^total_reads_processed:\([0-9]*\)/\1/p')
         total=$((total + ${n:-0}))
     done
     echo "$total"
@@ -118,16 +136,16 @@ run() { # name addr pid http-port redis-ports label args...
         *) extra+=(--pid "redis=$standalone_pid") ;;
     esac
     [ -n "$http" ] && extra+=(--metrics-url "http://127.0.0.1:$http/metrics" \
-        --metrics-match "sluice_rpc_decisions_total,sluice_redis_commands_total,sluice_redis_batches_total")
-    local before=0
-    [ -n "$ports" ] && before=$(evalsha_calls $ports)
+        --metrics-match "sluice_rpc_decisions_total,sluice_redis_commands_total,sluice_redis_batches_total,sluice_store_degraded_checks_total,sluice_store_cached_denials_total")
+    local before=0 reads_before=0
+    [ -n "$ports" ] && before=$(evalsha_calls $ports) && reads_before=$(redis_reads $ports)
     echo
     echo "### $name, $label"
     python3 "$BENCH_DIR/rls_bench.py" --addr "$addr" --points "$POINTS" -n "$REQUESTS" \
         --repeat "$REPEAT" --label "$name $label" "${extra[@]}" "$@"
     if [ -n "$ports" ]; then
-        local after; after=$(evalsha_calls $ports)
-        echo "Redis EVALSHA calls during this case (all nodes, warm-ups and verify calls included): $((after - before))"
+        local after reads; after=$(evalsha_calls $ports); reads=$(redis_reads $ports)
+        echo "Redis during this case (all nodes, warm-ups included): EVALSHA calls $((after - before)), socket reads (round trips) $((reads - reads_before))"
     fi
 }
 

@@ -161,6 +161,20 @@ impl Breaker {
     }
 }
 
+/// Releases an unfinished half-open probe.
+struct ProbeGuard<'a> {
+    breaker: &'a Breaker,
+    armed: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.breaker.probing.store(false, Relaxed);
+        }
+    }
+}
+
 /// Counters about failure handling, for `/metrics`.
 #[derive(Debug, Default)]
 struct Counters {
@@ -390,7 +404,15 @@ impl<P: CounterStore> CounterStore for Resilient<P> {
 
         let (go, probe) = self.breaker.admit();
         let fresh = if go {
-            match self.primary.check(&pending).await {
+            // If this future is dropped mid-call (the caller went away), the
+            // guard hands the probe back so the breaker cannot stay stuck.
+            let mut guard = ProbeGuard {
+                breaker: &self.breaker,
+                armed: probe,
+            };
+            let result = self.primary.check(&pending).await;
+            guard.armed = false;
+            match result {
                 Ok(o) if o.len() == pending.len() => {
                     self.breaker.success(probe);
                     Some(o)

@@ -1,3 +1,4 @@
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::*;
@@ -12,6 +13,8 @@ use crate::core::unit::Unit;
 struct Switchable {
     inner: MemoryStore,
     up: AtomicBool,
+    /// Calls never finish while set (to cancel one mid-flight).
+    stall: AtomicBool,
     calls: AtomicUsize,
 }
 
@@ -20,6 +23,7 @@ impl Switchable {
         Switchable {
             inner: MemoryStore::new(Arc::new(SystemClock::default()), 1000),
             up: AtomicBool::new(true),
+            stall: AtomicBool::new(false),
             calls: AtomicUsize::new(0),
         }
     }
@@ -28,6 +32,9 @@ impl Switchable {
 impl CounterStore for Switchable {
     async fn check(&self, checks: &[Check<'_>]) -> Result<Outcomes, StoreError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.stall.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         if self.up.load(Ordering::SeqCst) {
             self.inner.check(checks).await
         } else {
@@ -170,4 +177,37 @@ fn divide_never_rounds_a_limit_to_zero() {
         4,
     );
     assert_eq!(z.requests_per_unit, 0);
+}
+
+#[tokio::test]
+async fn a_cancelled_probe_does_not_wedge_the_breaker() {
+    let s = store(FailureMode::Allow, 1, 0);
+    let l = limit(1000);
+    s.primary().up.store(false, Ordering::SeqCst);
+    for _ in 0..3 {
+        admit(&s, b"k", &l).await;
+    }
+    assert_eq!(s.health().breaker, BreakerState::Open);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    s.primary().up.store(true, Ordering::SeqCst);
+    // Start the probe and drop it while the primary has not answered.
+    s.primary().stall.store(true, Ordering::SeqCst);
+    {
+        let c = Check {
+            key: b"k",
+            limits: &l,
+            hits: 1,
+            policy: ChargePolicy::for_limits(&l),
+        };
+        let checks = [c];
+        let fut = s.check(&checks);
+        let mut fut = std::pin::pin!(fut);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+    }
+    s.primary().stall.store(false, Ordering::SeqCst);
+    // The next call can still probe, and closes the breaker.
+    assert!(admit(&s, b"k", &l).await);
+    assert_eq!(s.health().breaker, BreakerState::Closed);
 }

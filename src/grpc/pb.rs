@@ -54,5 +54,12 @@ pub mod envoy {
     }
 }
 
+pub mod sluice {
+    pub mod v1 {
+        tonic::include_proto!("sluice.v1");
+        include!(concat!(env!("OUT_DIR"), "/sluice.v1.serde.rs"));
+    }
+}
+
 /// The encoded descriptors of every proto, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sluice_descriptor");

@@ -17,13 +17,20 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
+use crate::auth::secrets::load_or_create_secret;
+use crate::auth::{AdminAuth, AdminAuthConfig};
 use crate::config::{self, LoadOptions, watch::ConfigWatch};
 use crate::core::clock::SystemClock;
 use crate::core::stats::StatsRegistry;
 use crate::engine::{Engine, HeaderMode, RequestLimits, Settings};
-use crate::grpc::RlsService;
 use crate::grpc::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use crate::grpc::pb::sluice::v1::admin_service_server::AdminServiceServer;
+use crate::grpc::pb::sluice::v1::key_service_server::KeyServiceServer;
+use crate::grpc::{AdminGrpc, KeyGrpc, RlsService};
 use crate::http::{self, HttpState};
+use crate::keys::hashing::KeyHasher;
+use crate::keys::repo::{Backend, Repository, redact};
+use crate::keys::{KeyManager, KeyOptions};
 use crate::store::redis::{RedisOptions, RedisStore, redacted};
 use crate::store::resilient::{AnyStore, ResilienceOptions, Resilient};
 use crate::store::{CounterStore, MemoryStore};
@@ -47,6 +54,118 @@ pub struct ServeConfig {
     pub clock_offset_ns: i64,
     /// Shared counters in Redis; `None` keeps them in memory.
     pub redis: Option<RedisConfig>,
+    /// API keys, plans and the admin API.
+    pub keys: KeysConfig,
+}
+
+/// The key store and admin authentication.
+#[derive(Clone)]
+pub struct KeysConfig {
+    /// `postgres://...` or `sqlite://path` (created on first start).
+    pub database_url: String,
+    /// Apply migrations at start.
+    pub migrate: bool,
+    pub max_connections: u32,
+    /// The HMAC secret keys are hashed under (`SLUICE_KEY_SECRET`);
+    /// with SQLite, generated beside the database when not given.
+    pub key_secret: Option<Vec<u8>>,
+    pub auth: AdminAuthConfig,
+    pub options: KeyOptions,
+}
+
+impl std::fmt::Debug for KeysConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeysConfig")
+            .field("database_url", &redact(&self.database_url))
+            .field("migrate", &self.migrate)
+            .field("key_secret", &self.key_secret.as_ref().map(|_| "***"))
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the embedded database keeps its generated secrets: the SQLite
+/// file's directory. `None` for PostgreSQL.
+pub fn sqlite_dir(database_url: &str) -> Option<PathBuf> {
+    let rest = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    let parent = std::path::Path::new(path).parent()?;
+    Some(if parent.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        parent.to_path_buf()
+    })
+}
+
+/// The file holding the generated admin-token secret of an embedded
+/// database (what `sluice token` reads when SLUICE_JWT_SECRET is unset).
+pub fn jwt_secret_file(database_url: &str) -> Option<PathBuf> {
+    sqlite_dir(database_url).map(|d| d.join("jwt-secret"))
+}
+
+/// Connects the key store (migrating unless told not to) and settles the
+/// secrets: given ones win; with SQLite, missing ones are generated into
+/// files beside the database; with PostgreSQL the key secret is required
+/// and the admin API stays off without a token key.
+///
+/// # Errors
+/// An unreachable database, a failed migration, or unusable secrets.
+pub async fn open_key_store(
+    cfg: &KeysConfig,
+) -> anyhow::Result<(Repository, KeyHasher, AdminAuth)> {
+    let dir = sqlite_dir(&cfg.database_url);
+    if let Some(d) = &dir {
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("cannot create the database directory {}", d.display()))?;
+    }
+    let repo = Repository::connect(&cfg.database_url, cfg.max_connections)
+        .await
+        .with_context(|| format!("cannot open the key store at {}", redact(&cfg.database_url)))?;
+    if cfg.migrate {
+        repo.migrate()
+            .await
+            .context("cannot migrate the key store")?;
+    }
+    let key_secret = match (&cfg.key_secret, &dir) {
+        (Some(s), _) => s.clone(),
+        (None, Some(d)) => {
+            let file = d.join("key-secret");
+            let (s, created) = load_or_create_secret(&file, 32)?;
+            if created {
+                tracing::info!(file = %file.display(), "generated the key-hashing secret");
+            }
+            s
+        }
+        (None, None) => anyhow::bail!(
+            "SLUICE_KEY_SECRET must be set (at least 32 bytes) when keys are stored in PostgreSQL; every replica needs the same one"
+        ),
+    };
+    let hasher = KeyHasher::new(&key_secret)?;
+    let mut auth_cfg = cfg.auth.clone();
+    let no_admin_key = auth_cfg.hs256_secret.is_none()
+        && auth_cfg.public_key_pem.is_none()
+        && auth_cfg.jwks.is_none();
+    if no_admin_key {
+        if let Some(d) = &dir {
+            let file = d.join("jwt-secret");
+            let (s, created) = load_or_create_secret(&file, 32)?;
+            tracing::info!(
+                file = %file.display(),
+                generated = created,
+                "admin tokens are signed with the secret in this file; mint one with `sluice token`"
+            );
+            auth_cfg.hs256_secret = Some(s);
+        }
+    }
+    let auth = AdminAuth::from_config(&auth_cfg)?;
+    if !auth.is_enabled() {
+        tracing::warn!(
+            "the admin API is disabled: set SLUICE_JWT_SECRET or --jwt-public-key / --jwt-jwks"
+        );
+    }
+    Ok((repo, hasher, auth))
 }
 
 /// The Redis store and how to survive its failures.
@@ -71,6 +190,8 @@ pub struct Application {
     watch: Option<ConfigWatch>,
     /// Fingerprint of the configuration that was loaded.
     loaded: u64,
+    keys: Arc<KeyManager<Store>>,
+    auth: Arc<AdminAuth>,
 }
 
 impl Application {
@@ -128,6 +249,19 @@ impl Application {
                 max_metric_keys: cfg.max_metric_keys,
             },
         ));
+        let (repo, hasher, auth) = open_key_store(&cfg.keys).await?;
+        tracing::info!(
+            database = %redact(&cfg.keys.database_url),
+            admin_api = auth.is_enabled(),
+            "key store ready"
+        );
+        let keys = Arc::new(KeyManager::new(
+            repo,
+            hasher,
+            engine.clone(),
+            cfg.keys.options,
+        ));
+        let auth = Arc::new(auth);
         let grpc = TcpListener::bind(cfg.grpc_addr)
             .await
             .with_context(|| format!("cannot bind the gRPC address {}", cfg.grpc_addr))?;
@@ -143,6 +277,8 @@ impl Application {
             metrics,
             watch,
             loaded,
+            keys,
+            auth,
         })
     }
 
@@ -179,6 +315,8 @@ impl Application {
             metrics,
             watch,
             loaded,
+            keys,
+            auth,
         } = self;
         let draining = Arc::new(AtomicBool::new(false));
         let ready = Arc::new(AtomicBool::new(true));
@@ -207,8 +345,19 @@ impl Application {
             engine.clone(),
             metrics.clone(),
             draining.clone(),
+            Some(keys.clone()),
         ))
         .max_decoding_message_size(cfg.max_request_bytes);
+        let key_service = KeyServiceServer::new(KeyGrpc::new(keys.clone()))
+            .max_decoding_message_size(cfg.max_request_bytes);
+        let admin_service = AdminServiceServer::new(AdminGrpc::new(keys.clone(), auth))
+            .max_decoding_message_size(cfg.max_request_bytes);
+        health
+            .set_serving::<KeyServiceServer<KeyGrpc<Store>>>()
+            .await;
+        health
+            .set_serving::<AdminServiceServer<AdminGrpc<Store>>>()
+            .await;
 
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
@@ -216,6 +365,8 @@ impl Application {
         let mut grpc_stop = stop_rx.clone();
         let grpc_server = tonic::transport::Server::builder()
             .add_service(rls)
+            .add_service(key_service)
+            .add_service(admin_service)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -252,6 +403,29 @@ impl Application {
             stats,
             metrics.clone(),
         ));
+        let (keys_stop_tx, keys_stop_rx) = watch::channel(false);
+        let flusher = {
+            let keys = keys.clone();
+            let mut stop = keys_stop_rx.clone();
+            tokio::spawn(async move {
+                keys.run_flusher(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            })
+        };
+        let listener = (keys.repo().backend() == Backend::Postgres).then(|| {
+            let keys = keys.clone();
+            let url = cfg.keys.database_url.clone();
+            let mut stop = keys_stop_rx.clone();
+            tokio::spawn(crate::keys::notify::listen_postgres(
+                url,
+                keys,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ))
+        });
         tracing::info!(%grpc_addr, %http_addr, config = %cfg.config_path.display(), "sluice listening");
 
         shutdown.await;
@@ -284,6 +458,15 @@ impl Application {
             }
             Err(_) => tracing::warn!("drain timeout reached; stopping with requests still open"),
         }
+        // Requests are done (or abandoned): count them, then close.
+        let _ = keys_stop_tx.send(true);
+        if let Some(l) = listener {
+            let _ = l.await;
+        }
+        if let Err(e) = flusher.await {
+            tracing::error!(error = %e, "usage flusher failed");
+        }
+        keys.repo().close().await;
         if let AnyStore::Shared(r) = engine.store() {
             r.primary().shutdown().await;
         }

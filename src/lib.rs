@@ -9,17 +9,24 @@
 //!   its matching, counter keys, per-rule statistics. No I/O, no async.
 //! * [`store`]: the counter-store trait and the in-memory store.
 //! * [`engine`]: request → decision, over `core` and the store trait.
+//! * [`auth`]: admin tokens (JWT) and server secret files.
+//! * [`keys`]: API keys and plans: the key manager, its SQL repository
+//!   (PostgreSQL or SQLite), cache, usage accounting and change notices.
 //! * [`config`]: YAML files → `core` rules, validation, the file watcher.
 //! * [`grpc`], [`http`]: protocol adapters; translate and call the engine.
 //! * [`telemetry`]: logging and Prometheus metrics.
+//! * [`cli`]: the admin client commands (`sluice keys|plans|usage|audit`).
 //! * [`app`]: the one place that wires concrete parts together and runs
 //!   them until shutdown.
 
 pub mod app;
+pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod core;
 pub mod engine;
 pub mod grpc;
 pub mod http;
+pub mod keys;
 pub mod store;
 pub mod telemetry;

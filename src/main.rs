@@ -1,4 +1,5 @@
-//! The `sluice` command: `serve` and `check-config`.
+//! The `sluice` command: `serve`, `check-config`, `migrate`, `token`, and
+//! the admin client commands (`keys`, `plans`, `usage`, `audit`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,10 +8,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use sluice::app::{Application, RedisConfig, ServeConfig};
+use sluice::app::{Application, KeysConfig, RedisConfig, ServeConfig};
+use sluice::auth::{AdminAuthConfig, Scope};
 use sluice::config::{self, LoadOptions};
 use sluice::core::stats::StatsRegistry;
 use sluice::engine::{HeaderMode, RequestLimits};
+use sluice::keys::KeyOptions;
+use sluice::keys::cache::CacheOptions;
+use sluice::keys::guard::GuardOptions;
 use sluice::store::redis::RedisOptions;
 use sluice::store::resilient::{FailureMode, ResilienceOptions};
 use sluice::telemetry::{self, LogFormat};
@@ -36,6 +41,56 @@ enum Command {
         #[arg(long)]
         merge_domains: bool,
     },
+    /// Apply the key store's migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Mint an admin token (HS256) from SLUICE_JWT_SECRET or the secret
+    /// generated beside the embedded database.
+    Token(TokenArgs),
+    /// Manage API keys through the admin API.
+    Keys(sluice::cli::KeysArgs),
+    /// Manage plans through the admin API.
+    Plans(sluice::cli::PlansArgs),
+    /// Show admitted and limited requests per key per day.
+    Usage(sluice::cli::UsageArgs),
+    /// Show the admin audit trail, newest first.
+    Audit(sluice::cli::AuditArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct DatabaseArgs {
+    /// Where keys, plans, usage and audit live: postgres://user:pass@host/db, or
+    /// sqlite://path (created on first start, with generated secrets beside it).
+    #[arg(
+        long,
+        env = "SLUICE_DATABASE_URL",
+        default_value = "sqlite://sluice-data/sluice.db"
+    )]
+    database_url: String,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    db: DatabaseArgs,
+    /// Scopes to grant (repeat or space-separate): keys:read keys:write plans:read
+    /// plans:write usage:read audit:read, or "all".
+    #[arg(long = "scope", required = true, num_args = 1..)]
+    scopes: Vec<String>,
+    /// Lifetime, e.g. 15m, 12h, 30d (at most 366d).
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// The token's subject, recorded as the actor of every change made with it.
+    #[arg(long, default_value = "operator")]
+    subject: String,
+    #[arg(long, env = "SLUICE_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<Secret>,
+    #[arg(long, env = "SLUICE_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    #[arg(long, env = "SLUICE_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -153,6 +208,52 @@ struct ServeArgs {
     /// Keys remembered as over their limit until their window ends (0: off).
     #[arg(long, env = "SLUICE_OVER_LIMIT_CACHE_SIZE", default_value_t = 100_000)]
     over_limit_cache_size: u64,
+    #[command(flatten)]
+    db: DatabaseArgs,
+    /// Do not apply key-store migrations at start (run `sluice migrate` instead).
+    #[arg(long, env = "SLUICE_NO_MIGRATE")]
+    no_migrate: bool,
+    /// Key-store connections.
+    #[arg(long, env = "SLUICE_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    database_max_connections: u32,
+    /// Secret API keys are hashed under (HMAC-SHA256), at least 32 bytes; the same on
+    /// every replica. Required with PostgreSQL; generated beside a SQLite database.
+    #[arg(long, env = "SLUICE_KEY_SECRET", hide_env_values = true)]
+    key_secret: Option<Secret>,
+    /// HS256 secret for admin tokens, at least 32 bytes.
+    #[arg(long, env = "SLUICE_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<Secret>,
+    /// A PEM public key (RSA, EC P-256 or Ed25519) admin tokens may be signed with.
+    #[arg(long, env = "SLUICE_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<PathBuf>,
+    /// A JWKS file of public keys admin tokens may be signed with (chosen by kid).
+    #[arg(long, env = "SLUICE_JWT_JWKS")]
+    jwt_jwks: Option<PathBuf>,
+    /// Required `iss` of admin tokens.
+    #[arg(long, env = "SLUICE_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` of admin tokens.
+    #[arg(long, env = "SLUICE_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Keys held in the validation cache (0: no cache).
+    #[arg(long, env = "SLUICE_KEY_CACHE_SIZE", default_value_t = 100_000)]
+    key_cache_size: u64,
+    /// Seconds a cached key lives without a change notice.
+    #[arg(long, env = "SLUICE_KEY_CACHE_TTL", default_value_t = 60)]
+    key_cache_ttl: u64,
+    /// Milliseconds between usage writes (at most 10 s).
+    #[arg(long, env = "SLUICE_USAGE_FLUSH_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    usage_flush_interval_ms: u64,
+    /// Failed ValidateKey calls allowed per caller address per minute (0: no limit).
+    #[arg(
+        long,
+        env = "SLUICE_FAILED_VALIDATIONS_PER_MINUTE",
+        default_value_t = 100
+    )]
+    failed_validations_per_minute: u32,
+    /// Admin calls allowed per token subject per minute (0: no limit).
+    #[arg(long, env = "SLUICE_ADMIN_CALLS_PER_MINUTE", default_value_t = 600)]
+    admin_calls_per_minute: u32,
     /// Shift the clock by this many milliseconds (testing window alignment only).
     #[arg(
         long,
@@ -171,14 +272,85 @@ fn main() -> ExitCode {
             path,
             merge_domains,
         } => check_config(&path, merge_domains),
-        Command::Serve(args) => match serve(*args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("sluice: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Serve(args) => report(serve(*args)),
+        Command::Migrate { db } => report(migrate(&db)),
+        Command::Token(args) => report(token(&args)),
+        Command::Keys(args) => sluice::cli::run(sluice::cli::Command::Keys(args)),
+        Command::Plans(args) => sluice::cli::run(sluice::cli::Command::Plans(args)),
+        Command::Usage(args) => sluice::cli::run(sluice::cli::Command::Usage(args)),
+        Command::Audit(args) => sluice::cli::run(sluice::cli::Command::Audit(args)),
     }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate(db: &DatabaseArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        if let Some(dir) = sluice::app::sqlite_dir(&db.database_url) {
+            std::fs::create_dir_all(&dir)?;
+        }
+        let repo = sluice::keys::repo::Repository::connect(&db.database_url, 1).await?;
+        repo.migrate().await?;
+        repo.close().await;
+        println!("migrated {}", sluice::keys::repo::redact(&db.database_url));
+        Ok(())
+    })
+}
+
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    let mut scopes = Vec::new();
+    for word in args.scopes.iter().flat_map(|s| s.split_whitespace()) {
+        if word == "all" {
+            scopes.extend(Scope::ALL);
+            continue;
+        }
+        match Scope::parse(word) {
+            Some(s) => scopes.push(s),
+            None => anyhow::bail!(
+                "--scope: unknown scope {word:?} (use keys:read keys:write plans:read plans:write usage:read audit:read, or all)"
+            ),
+        }
+    }
+    let ttl = sluice::cli::parse_duration(&args.ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    let secret = match &args.jwt_secret {
+        Some(s) => s.0.as_bytes().to_vec(),
+        None => {
+            let Some(file) = sluice::app::jwt_secret_file(&args.db.database_url) else {
+                anyhow::bail!(
+                    "set SLUICE_JWT_SECRET: with PostgreSQL there is no generated secret file"
+                );
+            };
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read {} ({e}); start `sluice serve` once to generate it, or set SLUICE_JWT_SECRET",
+                    file.display()
+                )
+            })?;
+            hex::decode(text.trim())
+                .map_err(|_| anyhow::anyhow!("{} does not hold a hex secret", file.display()))?
+        }
+    };
+    let t = sluice::auth::mint_hs256(
+        &secret,
+        &args.subject,
+        &scopes,
+        ttl,
+        args.jwt_issuer.as_deref(),
+        args.jwt_audience.as_deref(),
+    )?;
+    println!("{t}");
+    Ok(())
 }
 
 fn check_config(path: &std::path::Path, merge_domains: bool) -> ExitCode {
@@ -210,6 +382,32 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         LogFormatArg::Text => LogFormat::Text,
     };
     telemetry::init_logging(format, &args.log_level)?;
+    let keys = KeysConfig {
+        database_url: args.db.database_url,
+        migrate: !args.no_migrate,
+        max_connections: args.database_max_connections,
+        key_secret: args.key_secret.map(|s| s.0.into_bytes()),
+        auth: AdminAuthConfig {
+            hs256_secret: args.jwt_secret.map(|s| s.0.into_bytes()),
+            public_key_pem: args.jwt_public_key,
+            jwks: args.jwt_jwks,
+            issuer: args.jwt_issuer,
+            audience: args.jwt_audience,
+            leeway_secs: 30,
+        },
+        options: KeyOptions {
+            cache: CacheOptions {
+                capacity: args.key_cache_size,
+                found_ttl: Duration::from_secs(args.key_cache_ttl.max(1)),
+                ..CacheOptions::default()
+            },
+            guard: GuardOptions {
+                failed_validations_per_minute: args.failed_validations_per_minute,
+                admin_calls_per_minute: args.admin_calls_per_minute,
+            },
+            flush_every: Duration::from_millis(args.usage_flush_interval_ms),
+        },
+    };
     let cfg = ServeConfig {
         config_path: args.config,
         grpc_addr: args.grpc_addr,
@@ -251,6 +449,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 },
             }
         }),
+        keys,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -179,6 +179,18 @@ pub fn load_sources(
                     domains.insert(domain.name.to_string(), (file.clone(), domain));
                 }
                 Some((first_file, existing)) => {
+                    match (&existing.api_key, &domain.api_key) {
+                        (Some(a), Some(b)) if a != b => errors.push(ConfigError {
+                            file: file.clone(),
+                            path: "api_key".into(),
+                            message: format!(
+                                "differs from the api_key of domain '{}' in {first_file}",
+                                existing.name
+                            ),
+                        }),
+                        (None, Some(b)) => existing.api_key = Some(b.clone()),
+                        _ => {}
+                    }
                     if let Err(dups) = existing.root.absorb(domain.root) {
                         errors.extend(dups.into_iter().map(|d| ConfigError {
                             file: file.clone(),

@@ -11,12 +11,13 @@ use smallvec::SmallVec;
 
 use super::ConfigError;
 use crate::core::limit::{Algorithm, ChargePolicy, LimitSpec};
-use crate::core::rules::{Domain, Level, Node, NodeValue, Rule, RuleLimits};
+use crate::core::rules::{ApiKeyRule, Domain, Level, Node, NodeValue, OnInvalid, Rule, RuleLimits};
 use crate::core::stats::StatsRegistry;
 use crate::core::unit::Unit;
 use crate::core::wildcard::Wildcard;
 
-const TOP_KEYS: &[&str] = &["domain", "descriptors"];
+const TOP_KEYS: &[&str] = &["domain", "descriptors", "api_key"];
+const API_KEY_KEYS: &[&str] = &["descriptor_key", "on_invalid"];
 const NODE_KEYS: &[&str] = &[
     "key",
     "value",
@@ -198,12 +199,63 @@ pub fn parse_domain(
     }
     let name: Arc<str> = name.into();
     let root = parse_level(&mut ctx, "", &name, map.get("descriptors"));
+    let api_key = parse_api_key(&mut ctx, map.get("api_key"));
     let known = (!name.is_empty()).then(|| name.clone());
     if ctx.errors.is_empty() {
-        (known, Ok(Domain { name, root }))
+        (
+            known,
+            Ok(Domain {
+                name,
+                root,
+                api_key,
+            }),
+        )
     } else {
         (known, Err(ctx.errors))
     }
+}
+
+/// `api_key: {descriptor_key: x-api-key, on_invalid: deny}`.
+fn parse_api_key(ctx: &mut Ctx<'_>, v: Option<&Value>) -> Option<ApiKeyRule> {
+    let map = match v? {
+        Value::Null => return None,
+        Value::Mapping(m) => m,
+        other => {
+            ctx.err(
+                "api_key",
+                format!(
+                    "must be a mapping with 'descriptor_key' and 'on_invalid', not {}",
+                    kind(other)
+                ),
+            );
+            return None;
+        }
+    };
+    ctx.check_keys("api_key", map, API_KEY_KEYS);
+    let key = ctx
+        .string("api_key", "descriptor_key", map.get("descriptor_key"))
+        .unwrap_or_default();
+    if key.is_empty() {
+        ctx.err("api_key.descriptor_key", "must be set and not empty");
+    }
+    let on_invalid = match ctx
+        .string("api_key", "on_invalid", map.get("on_invalid"))
+        .as_deref()
+    {
+        None | Some("deny") => OnInvalid::Deny,
+        Some("allow") => OnInvalid::Allow,
+        Some(other) => {
+            ctx.err(
+                "api_key.on_invalid",
+                format!("unknown value '{other}' (use deny or allow)"),
+            );
+            OnInvalid::Deny
+        }
+    };
+    (!key.is_empty()).then(|| ApiKeyRule {
+        descriptor_key: key.into(),
+        on_invalid,
+    })
 }
 
 fn parse_level(ctx: &mut Ctx<'_>, path: &str, parent_key: &str, v: Option<&Value>) -> Level {

@@ -18,6 +18,12 @@ pub enum Part {
     SharedPattern = b'p',
     /// A request-supplied limit override (its unit).
     Override = b'o',
+    /// An API key's id: its plan limits, shared by ShouldRateLimit and
+    /// ValidateKey.
+    ApiKey = b'a',
+    /// sluice's own protective limits (failed validations per caller,
+    /// admin calls per token subject).
+    Internal = b'i',
 }
 
 /// Where keys are built: inline up to 256 bytes, so a typical request's

@@ -223,6 +223,26 @@ pub struct Match<'r> {
 pub struct Domain {
     pub name: Arc<str>,
     pub root: Level,
+    /// Which descriptor entry carries an API key (sluice extension).
+    pub api_key: Option<ApiKeyRule>,
+}
+
+/// A domain's API-key descriptor: a descriptor holding an entry with this
+/// key is decided by the API key's plan limits instead of the rule tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRule {
+    pub descriptor_key: Arc<str>,
+    pub on_invalid: OnInvalid,
+}
+
+/// What a descriptor with an invalid (unknown, disabled, expired,
+/// revoked) key gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnInvalid {
+    /// OVER_LIMIT, with a JSON problem body.
+    Deny,
+    /// OK, no limit.
+    Allow,
 }
 
 impl Domain {

@@ -57,9 +57,7 @@ fn draft03(statuses: &[DescriptorStatus]) -> Vec<Header> {
             name: "RateLimit-Limit",
             value: format!(
                 "{}, {};w={}",
-                limit.requests_per_unit,
-                limit.requests_per_unit,
-                limit.unit.seconds()
+                limit.requests_per_unit, limit.requests_per_unit, limit.window_seconds
             ),
         },
         Header {
@@ -88,8 +86,7 @@ fn ietf(statuses: &[DescriptorStatus], names: &[String]) -> Vec<Header> {
         let _ = write!(
             policy,
             ";q={};w={}",
-            limit.requests_per_unit,
-            limit.unit.seconds()
+            limit.requests_per_unit, limit.window_seconds
         );
         let better = best.is_none_or(|(_, b)| {
             (s.code != Code::OverLimit, s.limit_remaining)
@@ -151,6 +148,7 @@ mod tests {
             current_limit: Some(CurrentLimit {
                 requests_per_unit: rpu,
                 unit: Unit::Minute,
+                window_seconds: 60,
                 name: None,
             }),
             limit_remaining: remaining,

@@ -31,7 +31,7 @@ use crate::core::stats::RuleStats;
 use crate::store::{Check, CounterStore, StoreError};
 
 pub use headers::HeaderMode;
-pub use request::{Code, CurrentLimit, Decision, Descriptor, DescriptorStatus, Request};
+pub use request::{Code, CurrentLimit, Decision, Descriptor, DescriptorStatus, Request, Subject};
 pub use validate::{InvalidRequest, RequestLimits};
 
 /// Why a request could not be decided.
@@ -214,7 +214,9 @@ impl<S: CounterStore> Engine<S> {
         let mut plans: SmallVec<[Plan<'_>; 4]> = SmallVec::with_capacity(req.descriptors.len());
         for d in &req.descriptors {
             let hits = d.hits_addend.unwrap_or(default_hits);
-            let plan = if let Some(o) = d.limit_override {
+            let plan = if let Some(s) = &d.subject {
+                self.subject_plan(domain.name.as_ref(), s, hits, &mut keys)
+            } else if let Some(o) = d.limit_override {
                 self.override_plan(domain.name.as_ref(), d, o, hits, &mut keys)
             } else {
                 match domain.find(&d.entries) {
@@ -299,6 +301,7 @@ impl<S: CounterStore> Engine<S> {
                         current_limit: Some(CurrentLimit {
                             requests_per_unit: spec.requests_per_unit,
                             unit: spec.unit,
+                            window_seconds: spec.window_ns.div_ceil(1_000_000_000),
                             name: limit_name(l.rule, i),
                         }),
                         limit_remaining: u32::try_from(v.remaining).unwrap_or(u32::MAX),
@@ -363,6 +366,34 @@ impl<S: CounterStore> Engine<S> {
             rule: None,
             policy: ChargePolicy::for_limits(&limits),
             limits: Cow::Owned(limits),
+            hits,
+            key: start..keys.len(),
+            stats: Held::Owned(stats),
+            stats_key: Some(Held::Owned(stats_key.into())),
+        })
+    }
+
+    fn subject_plan<'r>(
+        &self,
+        domain: &str,
+        s: &Subject<'_>,
+        hits: u64,
+        keys: &mut key::KeyBuf,
+    ) -> Plan<'r> {
+        if s.limits.is_empty() {
+            return Plan::None;
+        }
+        let start = keys.len();
+        keys.extend_from_slice(s.counter_key);
+        let stats_key = format!("{domain}.{}", s.label);
+        let stats = self
+            .dynamic_stats
+            .get(&stats_key)
+            .unwrap_or_else(|| self.override_stats.clone());
+        Plan::Limited(Limited {
+            rule: None,
+            limits: Cow::Owned(s.limits.to_vec()),
+            policy: ChargePolicy::AllOrNothing,
             hits,
             key: start..keys.len(),
             stats: Held::Owned(stats),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use crate::core::limit::LimitSpec;
 use crate::core::rules::Entry;
 use crate::core::unit::Unit;
 
@@ -26,6 +27,20 @@ pub struct Descriptor<'a> {
     /// Hits for this descriptor; when present (even 0) it wins over the
     /// request's.
     pub hits_addend: Option<u64>,
+    /// Limits that come with the caller (an API key's plan), replacing
+    /// the rule tree for this descriptor.
+    pub subject: Option<Subject<'a>>,
+}
+
+/// A caller's own limits, counted under its own key.
+#[derive(Clone, Copy, Debug)]
+pub struct Subject<'a> {
+    /// A complete counter key (see [`crate::core::key`]).
+    pub counter_key: &'a [u8],
+    /// Charged all or nothing; empty: no limit at all.
+    pub limits: &'a [LimitSpec],
+    /// The metric key suffix, e.g. `api_key.pro`.
+    pub label: &'a str,
 }
 
 /// A limit given in the request.
@@ -47,7 +62,11 @@ pub enum Code {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CurrentLimit {
     pub requests_per_unit: u32,
+    /// For a window that is not a unit (API-key plans), the longest unit
+    /// not longer than it.
     pub unit: Unit,
+    /// The window in whole seconds (rounded up), for rate-limit headers.
+    pub window_seconds: u64,
     pub name: Option<Arc<str>>,
 }
 

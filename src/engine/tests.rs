@@ -146,6 +146,7 @@ fn limit(rpu: u32, unit: Unit, name: Option<&str>) -> Option<CurrentLimit> {
     Some(CurrentLimit {
         requests_per_unit: rpu,
         unit,
+        window_seconds: unit.seconds(),
         name: name.map(Arc::from),
     })
 }
@@ -965,6 +966,7 @@ fn check_arbitrary_requests(settings: Settings) {
                             unit: Unit::from_proto_number(unit),
                         }),
                         hits_addend: *hits,
+                        subject: None,
                     })
                     .collect(),
                 hits_addend,

@@ -38,6 +38,7 @@ pub fn request(msg: &RateLimitRequest) -> Request<'_> {
                     unit: Unit::from_proto_number(l.unit),
                 }),
                 hits_addend: d.hits_addend.as_ref().map(|h| h.value),
+                subject: None,
             })
             .collect(),
     }

@@ -2,11 +2,16 @@
 //! (with `http`) that sees generated protocol types; it translates them to
 //! engine types and back, and nothing else.
 //!
-//! May depend on: `engine`, `store` (the trait), `telemetry`.
+//! May depend on: `engine`, `keys`, `auth`, `store` (the trait),
+//! `telemetry`.
 
+pub mod admin;
 pub mod convert;
+pub mod keys;
 pub mod pb;
 pub mod rls;
 pub mod status;
 
+pub use admin::AdminGrpc;
+pub use keys::KeyGrpc;
 pub use rls::RlsService;

@@ -22,3 +22,23 @@ pub fn to_status(e: &DecideError, request_id: &str) -> Status {
         }
     }
 }
+
+/// The status for a key-management error.
+pub fn key_status(e: &crate::keys::KeyError) -> Status {
+    use crate::keys::KeyError;
+    match e {
+        KeyError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        KeyError::NotFound(m) => Status::not_found(m.clone()),
+        KeyError::AlreadyExists(m) => Status::already_exists(m.clone()),
+        KeyError::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
+        KeyError::TooManyFailures => Status::resource_exhausted(e.to_string()),
+        KeyError::Unavailable(_) | KeyError::Store(_) => {
+            tracing::warn!(error = %e, "key request failed");
+            Status::unavailable("key store unavailable")
+        }
+        KeyError::Internal(_) => {
+            tracing::error!(error = %e, "key request failed");
+            Status::internal("internal error")
+        }
+    }
+}

@@ -13,7 +13,7 @@ pub struct FixedWindow {
 impl FixedWindow {
     pub(super) fn evaluate(&self, spec: &LimitSpec, now: u64, hits: u64) -> (Verdict, FixedWindow) {
         let w = spec.window_ns();
-        let start = now - now % w;
+        let start = spec.window_start(now);
         let before = if self.window_start == start {
             self.count
         } else {

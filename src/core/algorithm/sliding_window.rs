@@ -23,7 +23,7 @@ impl SlidingWindow {
         hits: u64,
     ) -> (Verdict, SlidingWindow) {
         let w = spec.window_ns();
-        let start = now - now % w;
+        let start = spec.window_start(now);
         let (previous, current) = if self.window_start == start {
             (self.previous, self.current)
         } else if self.window_start.saturating_add(w) == start {

@@ -53,6 +53,7 @@ fn level(nodes: Vec<Node>) -> Level {
 
 fn domain(name: &str, nodes: Vec<Node>) -> Domain {
     Domain {
+        api_key: None,
         name: name.into(),
         root: level(nodes),
     }
@@ -373,6 +374,7 @@ fn absorb_moves_new_nodes_and_reports_every_duplicate() {
     ]);
     a.absorb(b).expect("disjoint levels merge");
     let d = Domain {
+        api_key: None,
         name: "d".into(),
         root: a,
     };

@@ -483,7 +483,7 @@ impl RedisStore {
     }
 
     fn args(&self, check: &Check<'_>) -> Vec<Value> {
-        let mut args = Vec::with_capacity(3 + 5 * check.limits.len());
+        let mut args = Vec::with_capacity(3 + 6 * check.limits.len());
         args.push(Value::from(match check.policy {
             ChargePolicy::Always => "always",
             ChargePolicy::AllOrNothing => "all",
@@ -496,7 +496,7 @@ impl RedisStore {
                 Algorithm::SlidingWindow => "sliding",
                 Algorithm::TokenBucket => "bucket",
             }));
-            args.push(Value::from((l.unit.seconds() * 1_000_000).to_string()));
+            args.push(Value::from((l.window_ns / 1_000).to_string()));
             args.push(Value::from(l.requests_per_unit.to_string()));
             args.push(Value::from(l.burst.to_string()));
             let interval = if l.requests_per_unit == 0 {
@@ -505,6 +505,7 @@ impl RedisStore {
                 (l.window_ns() / u64::from(l.requests_per_unit)).max(1)
             };
             args.push(Value::from(interval.to_string()));
+            args.push(Value::from((l.offset_ns / 1_000).to_string()));
         }
         args
     }

@@ -860,6 +860,8 @@ async fn keys_expire_when_their_state_stops_mattering() {
     const SECOND: [LimitSpec; 1] = [LimitSpec {
         requests_per_unit: 5,
         unit: Unit::Second,
+        window_ns: Unit::Second.nanos(),
+        offset_ns: 0,
         algorithm: Algorithm::FixedWindow,
         burst: 5,
         slot: 1,
@@ -871,6 +873,8 @@ async fn keys_expire_when_their_state_stops_mattering() {
     const MINUTE: [LimitSpec; 1] = [LimitSpec {
         requests_per_unit: 5,
         unit: Unit::Minute,
+        window_ns: Unit::Minute.nanos(),
+        offset_ns: 0,
         algorithm: Algorithm::FixedWindow,
         burst: 5,
         slot: 2,
@@ -885,6 +889,8 @@ async fn keys_expire_when_their_state_stops_mattering() {
     const SLIDING: [LimitSpec; 1] = [LimitSpec {
         requests_per_unit: 5,
         unit: Unit::Minute,
+        window_ns: Unit::Minute.nanos(),
+        offset_ns: 0,
         algorithm: Algorithm::SlidingWindow,
         burst: 5,
         slot: 3,
@@ -900,6 +906,8 @@ async fn keys_expire_when_their_state_stops_mattering() {
     const BUCKET: [LimitSpec; 1] = [LimitSpec {
         requests_per_unit: 10,
         unit: Unit::Minute,
+        window_ns: Unit::Minute.nanos(),
+        offset_ns: 0,
         algorithm: Algorithm::TokenBucket,
         burst: 10,
         slot: 4,

@@ -12,9 +12,10 @@
 -- ARGV[5]   window length (us)
 -- ARGV[6]   requests_per_unit
 -- ARGV[7]   burst (unused), ARGV[8] interval (unused)
+-- ARGV[9]   window offset (us; 0 = epoch-aligned)
 --
--- Windows are aligned to the epoch: start = now_us - now_us % window_us,
--- with now from the Redis server's TIME only. A count whose start is not
+-- Windows are aligned to the epoch plus the offset: start = now_us -
+-- (now_us - offset_us) mod window_us, with now from the Redis server's TIME only. A count whose start is not
 -- the current window's is 0. Charged: s and c are written and the key gets
 -- PEXPIRE until the window ends (rounded up to the ms) + jitter.
 --

@@ -7,13 +7,15 @@
 --                      or "all" (charge only when every limit admits)
 --   ARGV[2]            hits: decimal u64; "0" checks without writing
 --   ARGV[3]            expiry jitter, milliseconds, added to every PEXPIRE
---   then 5 per limit i (KEYS[i]), from ARGV[4 + 5*(i-1)]:
+--   then 6 per limit i (KEYS[i]), from ARGV[4 + 6*(i-1)]:
 --     alg              "fixed" | "sliding" | "bucket"
---     window_us        window length in microseconds (unit seconds * 1e6)
+--     window_us        window length in microseconds
 --     requests         requests_per_unit (u32, decimal)
 --     burst            bucket size (u32, decimal; buckets only)
 --     interval_ns      GCRA emission interval in nanoseconds, computed in
 --                      Rust as max(window_ns / requests, 1) (buckets only)
+--     offset_us        window starts are this far past the epoch-aligned
+--                      ones (< window_us; 0 but for monthly quotas)
 --
 -- Returns (built by `reply`): an array of strings
 --   [1] TIME seconds, [2] TIME microseconds  (the Redis server's clock)
@@ -210,7 +212,7 @@ local function ttl_ms_big(ns, jitter)
 end
 
 local function spec_at(i)
-  local b = 3 + 5 * (i - 1)
+  local b = 3 + 6 * (i - 1)
   return {
     key = KEYS[i],
     alg = ARGV[b + 1],
@@ -218,15 +220,23 @@ local function spec_at(i)
     requests = ARGV[b + 3],
     burst = ARGV[b + 4],
     interval = ARGV[b + 5],
+    offset_us = tonumber(ARGV[b + 6]),
   }
 end
 
 -- Each evaluator returns: admitted (bool), the state read (3 strings) and
 -- a function that writes the new state (called only when charging).
 
+-- The start of the window holding `t` (us): the largest start <= now
+-- that is offset_us past a multiple of the window.
+local function window_start(spec, t)
+  local w = spec.window_us
+  return t.us - math.fmod(t.us - spec.offset_us + w, w)
+end
+
 local function eval_fixed(spec, t, hits, jitter)
   local w = spec.window_us
-  local start = t.us - math.fmod(t.us, w)
+  local start = window_start(spec, t)
   local st = redis.call('HMGET', spec.key, 's', 'c')
   local before = ZERO
   if st[1] and tonumber(st[1]) == start then
@@ -243,7 +253,7 @@ end
 
 local function eval_sliding(spec, t, hits, jitter)
   local w = spec.window_us
-  local start = t.us - math.fmod(t.us, w)
+  local start = window_start(spec, t)
   local st = redis.call('HMGET', spec.key, 's', 'p', 'c')
   local previous, current = ZERO, ZERO
   if st[1] then

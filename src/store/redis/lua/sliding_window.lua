@@ -13,9 +13,10 @@
 -- ARGV[5]   window length (us)
 -- ARGV[6]   requests_per_unit
 -- ARGV[7]   burst (unused), ARGV[8] interval (unused)
+-- ARGV[9]   window offset (us; 0 = epoch-aligned)
 --
--- With now from the Redis server's TIME only: start = now_us - now_us %
--- window_us; a stored window one window older becomes the previous one;
+-- With now from the Redis server's TIME only: start = now_us -
+-- (now_us - offset_us) mod window_us; a stored window one window older becomes the previous one;
 -- admitted iff previous * (window - (now - start)) + (current + hits) *
 -- window <= requests * window (exact integers). Charged: s, p, c are
 -- written and the key gets PEXPIRE until two windows after start + jitter.

@@ -1,0 +1,128 @@
+//! sluice's own protection, decided by the same counting code as every
+//! other limit (a private in-memory store): failed `ValidateKey` attempts
+//! per caller address, and admin calls per token subject.
+
+use std::sync::Arc;
+
+use crate::core::clock::{Clock, SystemClock};
+use crate::core::key::{self, KeyBuf, Part};
+use crate::core::limit::{Algorithm, ChargePolicy, LimitSpec};
+use crate::core::unit::Unit;
+use crate::store::{Check, MemoryStore};
+
+/// Per-minute allowances; 0 turns a guard off.
+#[derive(Clone, Copy, Debug)]
+pub struct GuardOptions {
+    pub failed_validations_per_minute: u32,
+    pub admin_calls_per_minute: u32,
+}
+
+impl Default for GuardOptions {
+    fn default() -> Self {
+        GuardOptions {
+            failed_validations_per_minute: 100,
+            admin_calls_per_minute: 600,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct AbuseGuard {
+    store: MemoryStore,
+    clock: SystemClock,
+    failures: Option<[LimitSpec; 1]>,
+    admin: Option<[LimitSpec; 1]>,
+}
+
+impl AbuseGuard {
+    pub fn new(o: GuardOptions) -> AbuseGuard {
+        let per_minute = |n: u32, index| {
+            (n > 0).then(|| {
+                [LimitSpec::new(
+                    n,
+                    Unit::Minute,
+                    Algorithm::FixedWindow,
+                    None,
+                    index,
+                )]
+            })
+        };
+        AbuseGuard {
+            store: MemoryStore::new(Arc::new(SystemClock::default()), 1_000_000),
+            clock: SystemClock::default(),
+            failures: per_minute(o.failed_validations_per_minute, 0),
+            admin: per_minute(o.admin_calls_per_minute, 1),
+        }
+    }
+
+    /// Whether `caller` has used up its failed validations this minute.
+    pub fn failures_exhausted(&self, caller: &str) -> bool {
+        let Some(limits) = &self.failures else {
+            return false;
+        };
+        let outcome = self.charge(b"validate-failures", caller, limits, 0);
+        outcome.verdicts.first().is_some_and(|v| v.remaining == 0)
+    }
+
+    /// Counts one failed validation of `caller`.
+    pub fn record_failure(&self, caller: &str) {
+        if let Some(limits) = &self.failures {
+            self.charge(b"validate-failures", caller, limits, 1);
+        }
+    }
+
+    /// Whether `subject` may make another admin call; counts it.
+    pub fn admit_admin(&self, subject: &str) -> bool {
+        match &self.admin {
+            Some(limits) => self.charge(b"admin-calls", subject, limits, 1).admitted,
+            None => true,
+        }
+    }
+
+    /// Drops counters whose windows have passed.
+    pub fn sweep(&self) {
+        self.store.sweep();
+    }
+
+    fn charge(
+        &self,
+        what: &[u8],
+        who: &str,
+        limits: &[LimitSpec],
+        hits: u64,
+    ) -> crate::core::algorithm::Outcome {
+        let mut k = KeyBuf::new();
+        key::push(&mut k, Part::Internal, what);
+        key::push(&mut k, Part::Value, who.as_bytes());
+        let check = Check {
+            key: &k,
+            limits,
+            hits,
+            policy: ChargePolicy::AllOrNothing,
+        };
+        self.store.check_one(&check, self.clock.now_ns())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_block_after_the_allowance() {
+        let g = AbuseGuard::new(GuardOptions {
+            failed_validations_per_minute: 3,
+            admin_calls_per_minute: 2,
+        });
+        for _ in 0..3 {
+            assert!(!g.failures_exhausted("10.0.0.1"));
+            g.record_failure("10.0.0.1");
+        }
+        assert!(g.failures_exhausted("10.0.0.1"));
+        assert!(!g.failures_exhausted("10.0.0.2"));
+        assert!(g.admit_admin("ops"));
+        assert!(g.admit_admin("ops"));
+        assert!(!g.admit_admin("ops"));
+        assert!(g.admit_admin("other"));
+    }
+}

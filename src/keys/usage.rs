@@ -1,0 +1,185 @@
+//! Usage accounting: admitted and limited requests per key per UTC day,
+//! summed in memory and written in batches by the key manager's flusher
+//! (and once more on shutdown), plus each key's last use, written at most
+//! once a minute per key.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+
+use super::model::Millis;
+use super::repo::UsageDelta;
+
+const DAY_MS: i64 = 86_400_000;
+/// `last_used_at` is written at most this often per key.
+const LAST_USED_EVERY_MS: i64 = 60_000;
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// (key id, day number since the epoch) -> (admitted, limited).
+    counts: HashMap<(String, i64), (u64, u64)>,
+    /// Key id -> latest use not yet written.
+    last_used: HashMap<String, Millis>,
+}
+
+/// Counts waiting to be written.
+#[derive(Debug, Default)]
+pub struct UsageRecorder {
+    pending: Mutex<Pending>,
+    /// Key id -> when its `last_used_at` was last written.
+    written: Mutex<HashMap<String, Millis>>,
+}
+
+/// A batch taken for writing.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub deltas: Vec<UsageDelta>,
+    pub last_used: Vec<(String, Millis)>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.deltas.is_empty() && self.last_used.is_empty()
+    }
+}
+
+impl UsageRecorder {
+    /// Counts one request of `key_id` at `now`.
+    pub fn record(&self, key_id: &str, now: Millis, admitted: bool) {
+        let day = now.div_euclid(DAY_MS);
+        let mut p = self.pending.lock();
+        let e = match p.counts.get_mut(&(key_id.to_string(), day)) {
+            Some(e) => e,
+            None => p.counts.entry((key_id.to_string(), day)).or_default(),
+        };
+        if admitted {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+        match p.last_used.get_mut(key_id) {
+            Some(t) => *t = (*t).max(now),
+            None => {
+                p.last_used.insert(key_id.to_string(), now);
+            }
+        }
+    }
+
+    /// Takes everything pending; `last_used_at` only for keys not written
+    /// in the last minute, unless `all` (shutdown).
+    pub fn take(&self, now: Millis, all: bool) -> Batch {
+        let mut p = self.pending.lock();
+        let counts = std::mem::take(&mut p.counts);
+        let mut written = self.written.lock();
+        let mut last_used = Vec::new();
+        p.last_used.retain(|id, at| {
+            let due = all
+                || written
+                    .get(id)
+                    .is_none_or(|w| now - *w >= LAST_USED_EVERY_MS);
+            if due {
+                last_used.push((id.clone(), *at));
+                written.insert(id.clone(), now);
+            }
+            !due
+        });
+        // Forget write times old enough not to matter.
+        written.retain(|_, w| now - *w < LAST_USED_EVERY_MS);
+        drop(written);
+        drop(p);
+        let deltas = counts
+            .into_iter()
+            .map(|((key_id, day), (admitted, limited))| UsageDelta {
+                key_id,
+                day: day_string(day),
+                admitted,
+                limited,
+            })
+            .collect();
+        Batch { deltas, last_used }
+    }
+
+    /// Puts back a batch that could not be written, so nothing is lost.
+    pub fn restore(&self, batch: Batch) {
+        let mut p = self.pending.lock();
+        for d in batch.deltas {
+            let Some(day) = day_number(&d.day) else {
+                continue;
+            };
+            let e = p.counts.entry((d.key_id, day)).or_default();
+            e.0 += d.admitted;
+            e.1 += d.limited;
+        }
+        for (id, at) in batch.last_used {
+            let e = p.last_used.entry(id).or_insert(at);
+            *e = (*e).max(at);
+        }
+    }
+}
+
+/// `YYYY-MM-DD` of a day number since the epoch.
+pub fn day_string(day: i64) -> String {
+    let date = time::OffsetDateTime::from_unix_timestamp(day.saturating_mul(86_400))
+        .map_or(time::Date::MIN, time::OffsetDateTime::date);
+    format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+fn day_number(s: &str) -> Option<i64> {
+    let date =
+        time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).ok()?;
+    let midnight = date.midnight().assume_utc().unix_timestamp();
+    Some(midnight.div_euclid(86_400))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_key_and_day_and_restores() {
+        let r = UsageRecorder::default();
+        let t = 1_763_800_000_000; // 2025-11-22
+        r.record("a", t, true);
+        r.record("a", t + 1, false);
+        r.record("a", t + DAY_MS, true);
+        r.record("b", t, true);
+        let mut b = r.take(t + DAY_MS, false);
+        b.deltas
+            .sort_by(|x, y| (&x.key_id, &x.day).cmp(&(&y.key_id, &y.day)));
+        assert_eq!(b.deltas.len(), 3);
+        assert_eq!(b.deltas[0].day, "2025-11-22");
+        assert_eq!((b.deltas[0].admitted, b.deltas[0].limited), (1, 1));
+        assert_eq!(b.deltas[1].day, "2025-11-23");
+        assert_eq!(b.last_used.len(), 2);
+        r.restore(b);
+        let again = r.take(t + DAY_MS, true);
+        let total: u64 = again.deltas.iter().map(|d| d.admitted + d.limited).sum();
+        assert_eq!(total, 4);
+    }
+
+    #[test]
+    fn last_used_at_most_once_a_minute() {
+        let r = UsageRecorder::default();
+        let t = 1_000_000_000_000;
+        r.record("a", t, true);
+        assert_eq!(r.take(t, false).last_used.len(), 1);
+        r.record("a", t + 1_000, true);
+        assert!(r.take(t + 1_000, false).last_used.is_empty());
+        assert_eq!(
+            r.take(t + 61_000, false).last_used,
+            vec![("a".into(), t + 1_000)]
+        );
+    }
+
+    #[test]
+    fn days_round_trip() {
+        for d in [0, 1, 20_000, 20_414] {
+            assert_eq!(day_number(&day_string(d)), Some(d));
+        }
+    }
+}

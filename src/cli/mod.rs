@@ -235,7 +235,7 @@ pub enum CliError {
     Usage(String),
     #[error("cannot connect to {addr}: {error}")]
     Connect { addr: String, error: String },
-    #[error("{}: {}{}", .0.code(), .0.message(), hint(.0))]
+    #[error("{:?}: {}{}", .0.code(), .0.message(), hint(.0))]
     Rpc(tonic::Status),
 }
 

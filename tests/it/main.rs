@@ -15,6 +15,7 @@ mod concurrency;
 mod envoy;
 mod grpcurl;
 mod http;
+mod keys;
 mod lifecycle;
 mod redis_fixtures_selftest;
 mod redis_store;

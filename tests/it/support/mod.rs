@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod db;
 pub mod redis;
 
 use std::io::{BufRead, BufReader};
@@ -76,8 +77,18 @@ impl Sluice {
         } else {
             store_args()
         };
+        // Keys live in a SQLite file of this test's own unless told otherwise.
+        let db = if opts.args.contains(&"--database-url") {
+            Vec::new()
+        } else {
+            vec![
+                "--database-url".to_string(),
+                format!("sqlite://{}/data/sluice.db", dir.path().display()),
+            ]
+        };
         cmd.arg("serve")
             .args(&store)
+            .args(&db)
             .arg("--config")
             .arg(&config_path)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])

@@ -147,17 +147,15 @@ pub async fn open_key_store(
     let no_admin_key = auth_cfg.hs256_secret.is_none()
         && auth_cfg.public_key_pem.is_none()
         && auth_cfg.jwks.is_none();
-    if no_admin_key {
-        if let Some(d) = &dir {
-            let file = d.join("jwt-secret");
-            let (s, created) = load_or_create_secret(&file, 32)?;
-            tracing::info!(
-                file = %file.display(),
-                generated = created,
-                "admin tokens are signed with the secret in this file; mint one with `sluice token`"
-            );
-            auth_cfg.hs256_secret = Some(s);
-        }
+    if no_admin_key && let Some(d) = &dir {
+        let file = d.join("jwt-secret");
+        let (s, created) = load_or_create_secret(&file, 32)?;
+        tracing::info!(
+            file = %file.display(),
+            generated = created,
+            "admin tokens are signed with the secret in this file; mint one with `sluice token`"
+        );
+        auth_cfg.hs256_secret = Some(s);
     }
     let auth = AdminAuth::from_config(&auth_cfg)?;
     if !auth.is_enabled() {

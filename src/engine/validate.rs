@@ -108,13 +108,13 @@ pub fn validate(req: &Request<'_>, limits: &RequestLimits) -> Result<(), Invalid
                 }
             }
         }
-        if let Some(o) = d.limit_override {
-            if o.unit.is_none() {
-                return Err(invalid(
-                    format!("descriptors[{i}].limit.unit"),
-                    "must be SECOND, MINUTE, HOUR, DAY, WEEK, MONTH or YEAR, not UNKNOWN",
-                ));
-            }
+        if let Some(o) = d.limit_override
+            && o.unit.is_none()
+        {
+            return Err(invalid(
+                format!("descriptors[{i}].limit.unit"),
+                "must be SECOND, MINUTE, HOUR, DAY, WEEK, MONTH or YEAR, not UNKNOWN",
+            ));
         }
     }
     Ok(())

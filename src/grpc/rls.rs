@@ -168,10 +168,11 @@ pub fn request_id(
 ) -> MetadataValue<tonic::metadata::Ascii> {
     static PREFIX: OnceLock<[u8; 12]> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    if let Some(v) = metadata.get(REQUEST_ID) {
-        if !v.is_empty() && v.len() <= 128 {
-            return v.clone();
-        }
+    if let Some(v) = metadata.get(REQUEST_ID)
+        && !v.is_empty()
+        && v.len() <= 128
+    {
+        return v.clone();
     }
     let prefix = PREFIX.get_or_init(|| {
         let mut p = [0u8; 12];

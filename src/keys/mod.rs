@@ -338,10 +338,10 @@ impl<S: CounterStore> KeyManager<S> {
             });
         }
         validate::scopes("required_scopes", required_scopes)?;
-        if let Some(c) = caller {
-            if self.guard.failures_exhausted(c) {
-                return Err(KeyError::TooManyFailures);
-            }
+        if let Some(c) = caller
+            && self.guard.failures_exhausted(c)
+        {
+            return Err(KeyError::TooManyFailures);
         }
         let r = self.resolve(secret).await?;
         let Some(key) = r.key else {
@@ -640,13 +640,13 @@ impl<S: CounterStore> KeyManager<S> {
             validate::limits("limits.limits", l, false)?;
         }
         let now = self.now();
-        if let Some(Some(e)) = changes.expires_at {
-            if e <= now {
-                return Err(KeyError::Invalid {
-                    field: "expires_at".into(),
-                    problem: "must be in the future".into(),
-                });
-            }
+        if let Some(Some(e)) = changes.expires_at
+            && e <= now
+        {
+            return Err(KeyError::Invalid {
+                field: "expires_at".into(),
+                problem: "must be in the future".into(),
+            });
         }
         let key = self.repo.update_key(id, &changes, actor, now).await?;
         self.cache.invalidate_key(id);

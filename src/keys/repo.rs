@@ -872,13 +872,13 @@ async fn missing_or_revoked(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str)
 /// A foreign-key violation while deleting a plan means a key was added
 /// to it meanwhile.
 fn in_use_or(e: sqlx::Error, name: &str) -> ChangeError {
-    if let sqlx::Error::Database(db) = &e {
-        if db.is_foreign_key_violation() {
-            return ChangeError::PlanInUse {
-                name: name.to_string(),
-                keys: 1,
-            };
-        }
+    if let sqlx::Error::Database(db) = &e
+        && db.is_foreign_key_violation()
+    {
+        return ChangeError::PlanInUse {
+            name: name.to_string(),
+            keys: 1,
+        };
     }
     e.into()
 }

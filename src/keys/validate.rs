@@ -154,13 +154,13 @@ pub fn limits(field: &str, limits: &[PlanLimit], required: bool) -> Result<(), K
                 "must be at least 1",
             ));
         }
-        if let Window::Seconds(s) = l.window {
-            if s == 0 || s > MAX_WINDOW_SECONDS {
-                return Err(invalid(
-                    format!("{field}[{i}].duration"),
-                    format!("must be 1 s to {MAX_WINDOW_SECONDS} s (366 days), in whole seconds"),
-                ));
-            }
+        if let Window::Seconds(s) = l.window
+            && (s == 0 || s > MAX_WINDOW_SECONDS)
+        {
+            return Err(invalid(
+                format!("{field}[{i}].duration"),
+                format!("must be 1 s to {MAX_WINDOW_SECONDS} s (366 days), in whole seconds"),
+            ));
         }
         if let Some(b) = l.burst {
             if b == 0 {

@@ -2,8 +2,9 @@
 //! installed by the test command): Envoy's rate-limit filter asks sluice,
 //! clients see 200 then 429 at the configured limit, with Envoy's
 //! `x-ratelimit-*` headers, and shadow-mode routes never get 429. Uses the
-//! shipped examples/envoy/envoy.yaml and examples/config/edge.yaml with
-//! their ports rewritten to free ones.
+//! shipped examples/envoy/envoy.yaml and examples/config/edge.yaml (and
+//! envoy-keys.yaml with keys.yaml for API keys) with their ports rewritten
+//! to free ones.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -33,8 +34,12 @@ fn free_port() -> u16 {
 }
 
 async fn start_envoy(dir: &Path, sluice_port: u16) -> Envoy {
+    start_envoy_from("examples/envoy/envoy.yaml", dir, sluice_port).await
+}
+
+async fn start_envoy_from(template: &str, dir: &Path, sluice_port: u16) -> Envoy {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let template = std::fs::read_to_string(root.join("examples/envoy/envoy.yaml")).unwrap();
+    let template = std::fs::read_to_string(root.join(template)).unwrap();
     let (admin, front, upstream) = (free_port(), free_port(), free_port());
     let config = template
         .replace("port_value: 9901", &format!("port_value: {admin}"))
@@ -63,10 +68,10 @@ async fn start_envoy(dir: &Path, sluice_port: u16) -> Envoy {
     let ready = format!("http://127.0.0.1:{admin}/ready");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = reqwest::get(&ready).await {
-            if r.status() == 200 {
-                break;
-            }
+        if let Ok(r) = reqwest::get(&ready).await
+            && r.status() == 200
+        {
+            break;
         }
         assert!(
             Instant::now() < deadline,
@@ -159,4 +164,63 @@ async fn envoy_enforces_sluice_limits() {
         metrics.contains("sluice_rule_shadow_mode_total{key=\"edge.generic_key_shadow\"} 3"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_enforces_api_key_plans() {
+    use crate::keys::{Admin, create_key, create_plan, limit};
+    use sluice::grpc::pb::sluice::v1 as pb;
+
+    avoid_minute_boundary(25).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let keys = std::fs::read_to_string(root.join("examples/config/keys.yaml")).unwrap();
+    let db = crate::support::db::TestDb::new(crate::support::db::Kind::Sqlite).await;
+    let sluice = crate::keys::start_config(&db, &keys, &[]);
+    let envoy = start_envoy_from(
+        "examples/envoy/envoy-keys.yaml",
+        sluice.config_dir(),
+        sluice.grpc_addr.port(),
+    )
+    .await;
+    let mut admin = Admin::new(&sluice, "all").await;
+    create_plan(&mut admin, "starter", vec![limit(3, pb::Unit::Minute)]).await;
+    let (key, secret) = create_key(&mut admin, "starter", &[]).await;
+
+    // The plan's 3 per minute, then 429 with Envoy's headers.
+    for i in 0..3 {
+        let r = get(&envoy, "/", &[("x-api-key", &secret)]).await;
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(
+            r.headers()["x-ratelimit-remaining"],
+            (2 - i).to_string().as_str()
+        );
+    }
+    let r = get(&envoy, "/", &[("x-api-key", &secret)]).await;
+    assert_eq!(r.status(), 429);
+
+    // No key, or a wrong one: 429 with sluice's problem body.
+    for headers in [vec![], vec![("x-api-key", "sk_live_wrong")]] {
+        let r = get(&envoy, "/", &headers).await;
+        assert_eq!(r.status(), 429);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("NOT_FOUND"), "{body}");
+    }
+
+    // Another key on the same plan has its own budget; revoked, it stops.
+    let (other, other_secret) = create_key(&mut admin, "starter", &[]).await;
+    assert_eq!(
+        get(&envoy, "/", &[("x-api-key", &other_secret)])
+            .await
+            .status(),
+        200
+    );
+    let r = admin.req(pb::RevokeKeyRequest {
+        id: other.id,
+        reason: String::new(),
+    });
+    admin.client.revoke_key(r).await.unwrap();
+    let r = get(&envoy, "/", &[("x-api-key", &other_secret)]).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.text().await.unwrap().contains("REVOKED"));
+    let _ = key;
 }

@@ -36,7 +36,7 @@ fn start(db: &TestDb, extra: &[&str]) -> Sluice {
     start_config(db, config(), extra)
 }
 
-fn start_config(db: &TestDb, config: &str, extra: &[&str]) -> Sluice {
+pub(crate) fn start_config(db: &TestDb, config: &str, extra: &[&str]) -> Sluice {
     let mut args = vec!["--database-url", db.url.as_str()];
     if !extra.contains(&"--usage-flush-interval-ms") {
         args.extend_from_slice(&["--usage-flush-interval-ms", "200"]);
@@ -77,20 +77,20 @@ fn token(scopes: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-struct Admin {
-    client: AdminServiceClient<Channel>,
+pub(crate) struct Admin {
+    pub(crate) client: AdminServiceClient<Channel>,
     token: String,
 }
 
 impl Admin {
-    async fn new(s: &Sluice, scopes: &str) -> Admin {
+    pub(crate) async fn new(s: &Sluice, scopes: &str) -> Admin {
         Admin {
             client: AdminServiceClient::new(s.channel().await),
             token: token(scopes),
         }
     }
 
-    fn req<T>(&self, m: T) -> tonic::Request<T> {
+    pub(crate) fn req<T>(&self, m: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(m);
         r.metadata_mut().insert(
             "authorization",
@@ -100,7 +100,7 @@ impl Admin {
     }
 }
 
-fn limit(requests: u64, unit: pb::Unit) -> pb::Limit {
+pub(crate) fn limit(requests: u64, unit: pb::Unit) -> pb::Limit {
     pb::Limit {
         requests,
         unit: unit.into(),
@@ -108,7 +108,7 @@ fn limit(requests: u64, unit: pb::Unit) -> pb::Limit {
     }
 }
 
-async fn create_plan(a: &mut Admin, name: &str, limits: Vec<pb::Limit>) -> pb::Plan {
+pub(crate) async fn create_plan(a: &mut Admin, name: &str, limits: Vec<pb::Limit>) -> pb::Plan {
     let m = pb::CreatePlanRequest {
         plan: Some(pb::Plan {
             name: name.into(),
@@ -120,7 +120,7 @@ async fn create_plan(a: &mut Admin, name: &str, limits: Vec<pb::Limit>) -> pb::P
     a.client.create_plan(r).await.unwrap().into_inner()
 }
 
-async fn create_key(a: &mut Admin, plan: &str, scopes: &[&str]) -> (pb::Key, String) {
+pub(crate) async fn create_key(a: &mut Admin, plan: &str, scopes: &[&str]) -> (pb::Key, String) {
     let m = pb::CreateKeyRequest {
         name: "ci".into(),
         owner_id: "acme".into(),

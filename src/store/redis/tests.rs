@@ -485,7 +485,7 @@ async fn scripts_decide_and_write_exactly_what_the_algorithms_do() {
     let mut seen = HashMap::<(Algorithm, bool, bool), u32>::new();
     for iteration in 0..600u32 {
         redis.set_general_only(iteration % 2 == 1);
-        let n = if rng.next() % 3 == 0 {
+        let n = if rng.next().is_multiple_of(3) {
             1 + usize::try_from(rng.next() % 3).unwrap_or(0)
         } else {
             1

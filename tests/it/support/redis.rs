@@ -240,10 +240,10 @@ fn shared_dir() -> tempfile::TempDir {
                 .strip_prefix("redis-shared-")
                 .and_then(|rest| rest.split('-').next())
                 .and_then(|pid| pid.parse::<u32>().ok());
-            if let Some(pid) = pid {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
+            if let Some(pid) = pid
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
@@ -794,10 +794,10 @@ impl RedisSentinel {
             ) {
                 Ok(out) => {
                     let mut lines = out.lines();
-                    if let (Some(host), Some(port)) = (lines.next(), lines.next()) {
-                        if let Ok(a) = format!("{host}:{port}").parse() {
-                            return a;
-                        }
+                    if let (Some(host), Some(port)) = (lines.next(), lines.next())
+                        && let Ok(a) = format!("{host}:{port}").parse()
+                    {
+                        return a;
                     }
                     let _ = writeln!(errors, "sentinel {}: {out:?}", s.port);
                 }

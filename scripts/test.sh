@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine, then runs every
 # test: formatting, clippy, unit and property tests, and the integration
-# suite (real sluice binary, real grpcurl, real Envoy, real Redis).
+# suite (real sluice binary, real grpcurl, real Envoy, real Redis, real
+# PostgreSQL and SQLite).
 #
 # Needs: a Rust toolchain (cargo, rustfmt, clippy) and root or sudo for
 # apt-get when Debian packages are missing.
@@ -27,10 +28,26 @@ command -v gcc >/dev/null || missing+=(gcc)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
+# A real PostgreSQL for the key-store tests (tests/it/keys.rs), reached at
+# SLUICE_IT_POSTGRES_URL (default postgres://postgres:postgres@127.0.0.1:5432/postgres).
+pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
+if ! pg_up && ! command -v pg_ctlcluster >/dev/null; then
+    missing+=(postgresql)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     log "apt-get install ${missing[*]}"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+if [ -z "${SLUICE_IT_POSTGRES_URL:-}" ] && ! pg_up; then
+    log "starting PostgreSQL"
+    version=$(ls /etc/postgresql | sort -V | tail -1)
+    as_root pg_ctlcluster "$version" main start || as_root service postgresql start
+    for _ in $(seq 1 60); do pg_up && break; sleep 0.5; done
+    pg_up || { echo "PostgreSQL did not start on 127.0.0.1:5432" >&2; exit 1; }
+    # Debian's default: password auth on 127.0.0.1; give the tests' role one.
+    as_root runuser -u postgres -- psql -q -c "ALTER USER postgres PASSWORD 'postgres'"
 fi
 
 if ! command -v cargo >/dev/null; then

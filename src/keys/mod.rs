@@ -488,16 +488,7 @@ impl<S: CounterStore> KeyManager<S> {
     /// # Errors
     /// [`KeyError::Invalid`] naming the field; [`KeyError::AlreadyExists`].
     pub async fn create_plan(&self, draft: PlanDraft, actor: &Actor) -> Result<Plan, KeyError> {
-        check_plan(&draft)?;
-        let now = self.now();
-        let plan = Plan {
-            name: draft.name,
-            description: draft.description,
-            limits: draft.limits,
-            quota: draft.quota,
-            created_at: now,
-            updated_at: now,
-        };
+        let plan = checked_plan(draft, self.now())?;
         self.repo.create_plan(&plan, actor).await?;
         Ok(plan)
     }
@@ -521,16 +512,7 @@ impl<S: CounterStore> KeyManager<S> {
     /// # Errors
     /// [`KeyError::Invalid`], [`KeyError::NotFound`].
     pub async fn update_plan(&self, draft: PlanDraft, actor: &Actor) -> Result<Plan, KeyError> {
-        check_plan(&draft)?;
-        let now = self.now();
-        let plan = Plan {
-            name: draft.name,
-            description: draft.description,
-            limits: draft.limits,
-            quota: draft.quota,
-            created_at: now,
-            updated_at: now,
-        };
+        let plan = checked_plan(draft, self.now())?;
         let stored = self.repo.update_plan(&plan, actor).await?;
         self.cache.invalidate_plan(&stored.name);
         Ok(stored)
@@ -752,7 +734,9 @@ impl<S: CounterStore> KeyManager<S> {
     }
 }
 
-fn check_plan(d: &PlanDraft) -> Result<(), KeyError> {
+/// A plan from a checked draft, stamped `now` (an update keeps the stored
+/// creation time).
+fn checked_plan(d: PlanDraft, now: Millis) -> Result<Plan, KeyError> {
     validate::plan_name("plan.name", &d.name)?;
     validate::optional_text(
         "plan.description",
@@ -763,7 +747,14 @@ fn check_plan(d: &PlanDraft) -> Result<(), KeyError> {
     if let Some(q) = &d.quota {
         validate::quota("plan.monthly_quota", q)?;
     }
-    Ok(())
+    Ok(Plan {
+        name: d.name,
+        description: d.description,
+        limits: d.limits,
+        quota: d.quota,
+        created_at: now,
+        updated_at: now,
+    })
 }
 
 /// The quota's current period as a fixed window: from the last refill

@@ -26,6 +26,8 @@ fn list_describe_and_call_through_reflection() {
     for svc in [
         "envoy.service.ratelimit.v3.RateLimitService",
         "grpc.health.v1.Health",
+        "sluice.v1.KeyService",
+        "sluice.v1.AdminService",
     ] {
         assert!(list.contains(svc), "{list}");
     }

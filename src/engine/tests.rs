@@ -730,6 +730,62 @@ async fn draft03_headers_describe_the_tightest_descriptor() {
     assert!(d.response_headers.is_empty());
 }
 
+/// A descriptor carrying an API key's limits.
+fn subject<'a>(limits: &'a [LimitSpec]) -> Descriptor<'a> {
+    Descriptor {
+        subject: Some(Subject {
+            counter_key: b"key-counter",
+            limits,
+            label: "api_key.test",
+        }),
+        ..one("api_key", "k")
+    }
+}
+
+#[tokio::test]
+async fn custom_windows_report_their_length_and_reset() {
+    let (_, e) = engine(Settings {
+        headers: HeaderMode::Draft03,
+        ..settings()
+    });
+    // T0 is 65.5 s into its 90 s window.
+    let limits = [LimitSpec::with_window(
+        5,
+        90 * SEC,
+        0,
+        Algorithm::FixedWindow,
+        None,
+        0,
+    )];
+    let d = decide(&e, &request("t", vec![subject(&limits)])).await;
+    let s = &d.statuses[0];
+    let current = s.current_limit.as_ref().expect("a limit applied");
+    assert_eq!((current.unit, current.window_seconds), (Unit::Minute, 90));
+    assert_eq!(s.duration_until_reset, Some(25));
+    assert_eq!(header(&d, "RateLimit-Limit"), Some("5, 5;w=90"));
+    assert_eq!(header(&d, "RateLimit-Reset"), Some("25"));
+
+    // Windows are reported in whole seconds, rounded up; an offset moves
+    // the reset: 1.5 s windows starting 0.75 s past the epoch-aligned ones,
+    // T0 is 0.25 s into one.
+    let limits = [LimitSpec::with_window(
+        5,
+        1_500_000_000,
+        750_000_000,
+        Algorithm::FixedWindow,
+        None,
+        0,
+    )];
+    let d = decide(&e, &request("t", vec![subject(&limits)])).await;
+    let current = d.statuses[0]
+        .current_limit
+        .as_ref()
+        .expect("a limit applied");
+    assert_eq!((current.unit, current.window_seconds), (Unit::Second, 2));
+    assert_eq!(header(&d, "RateLimit-Limit"), Some("5, 5;w=2"));
+    assert_eq!(header(&d, "RateLimit-Reset"), Some("2"));
+}
+
 #[tokio::test]
 async fn no_headers_unless_asked() {
     let (_, e) = engine(settings());

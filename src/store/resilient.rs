@@ -324,12 +324,14 @@ fn fixed_answer(c: &Check<'_>, admit: bool) -> Outcome {
 
 /// The over-limit cache key: the counter key plus every limit's values.
 fn cache_key(c: &Check<'_>) -> Box<[u8]> {
-    let mut k = Vec::with_capacity(c.key.len() + 24 * c.limits.len());
+    let mut k = Vec::with_capacity(c.key.len() + 40 * c.limits.len());
     k.extend_from_slice(c.key);
     for l in c.limits {
         k.extend_from_slice(&l.slot.to_le_bytes());
         k.extend_from_slice(&l.requests_per_unit.to_le_bytes());
         k.extend_from_slice(&l.burst.to_le_bytes());
+        k.extend_from_slice(&l.window_ns.to_le_bytes());
+        k.extend_from_slice(&l.offset_ns.to_le_bytes());
         k.push(l.unit.proto_number().to_le_bytes()[0]);
         k.push(l.algorithm as u8);
     }

@@ -1,4 +1,6 @@
-//! Fixed window: one counter per epoch-aligned window.
+//! Fixed window: one counter per window, aligned to the epoch or, for a
+//! limit with an offset, to the epoch plus the offset
+//! ([`LimitSpec::window_start`]).
 
 use super::Verdict;
 use crate::core::limit::LimitSpec;

@@ -1,7 +1,8 @@
 //! Sliding window, approximated by two fixed windows: the previous window's
 //! count weighs in by the fraction of it that the sliding window still
 //! covers. The comparison is done in exact integer arithmetic, scaled by
-//! the window length, so there is no rounding at the limit.
+//! the window length, so there is no rounding at the limit. The fixed
+//! windows are those of [`LimitSpec::window_start`] (offset included).
 
 use super::Verdict;
 use crate::core::limit::LimitSpec;

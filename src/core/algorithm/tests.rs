@@ -119,23 +119,19 @@ fn rationals_behave() {
 // Fixed window
 
 /// Runs `ops` through [`decide`] with one fixed-window limit and through the
-/// model (a count per epoch window), comparing every answer.
-fn fixed_window_agrees(
-    unit: Unit,
-    limit: u32,
-    policy: ChargePolicy,
-    start: u64,
-    ops: &[(u64, u64)],
-) {
-    let spec = fixed(limit, unit, 0);
+/// model (a count per window `[k * w + offset, (k + 1) * w + offset)`),
+/// comparing every answer.
+fn fixed_window_agrees(spec: LimitSpec, policy: ChargePolicy, start: u64, ops: &[(u64, u64)]) {
+    assert_eq!(spec.algorithm, Algorithm::FixedWindow);
     let w = spec.window_ns();
-    let limit = u64::from(limit);
+    let offset = spec.offset_ns;
+    let limit = u64::from(spec.requests_per_unit);
     let mut states = states_for(&[spec]);
     let mut counts: HashMap<u64, u64> = HashMap::new();
     let mut now = T0 + start;
     for &(dt, hits) in ops {
         now += dt;
-        let window = now / w;
+        let window = (now - offset) / w;
         let count = counts.get(&window).copied().unwrap_or(0);
         let admitted = count + hits <= limit;
         let (outcome, wrote) = decide(policy, &[spec], &mut states, now, hits);
@@ -147,12 +143,12 @@ fn fixed_window_agrees(
         assert_eq!(v.admitted, admitted);
         assert_eq!(v.used_before, count);
         assert_eq!(v.remaining, if admitted { limit - count - hits } else { 0 });
-        // Windows are aligned to the epoch.
-        assert_eq!(v.reset_ns, (window + 1) * w - now);
+        // Windows are aligned to the epoch plus the offset.
+        assert_eq!(v.reset_ns, (window + 1) * w + offset - now);
         let secs = whole_seconds(v.reset_ns);
         assert!(
-            (1..=unit.seconds()).contains(&secs),
-            "reset {secs}s for a {unit}"
+            (1..=whole_seconds(w)).contains(&secs),
+            "reset {secs}s for a window of {w} ns"
         );
         let charge = hits > 0
             && match policy {
@@ -166,6 +162,27 @@ fn fixed_window_agrees(
     }
 }
 
+/// Custom windows (any whole number of ms; callers use whole seconds) with
+/// an offset anywhere in the window (and sometimes past it, to be reduced):
+/// `(window_ns, offset_ns)` as given to [`LimitSpec::with_window`].
+fn custom_windows() -> impl Strategy<Value = (u64, u64)> {
+    let window = prop::sample::select(vec![
+        90 * SEC,
+        SEC + SEC / 2,
+        7 * SEC,
+        3_600 * SEC + 1_000_000,
+        31 * 86_400 * SEC,
+    ]);
+    (window, any::<bool>(), 0u64..1_000_000, 0u64..4).prop_map(|(w, zero, frac, wraps)| {
+        let offset = if zero {
+            0
+        } else {
+            w / 1_000_000 * frac + wraps * w
+        };
+        (w, offset)
+    })
+}
+
 proptest! {
     #[test]
     fn fixed_window_matches_model_charging_always(
@@ -175,7 +192,7 @@ proptest! {
         raw in raw_ops(5),
     ) {
         let unit = if minute { Unit::Minute } else { Unit::Second };
-        fixed_window_agrees(unit, limit, ChargePolicy::Always, start, &steps(unit.nanos(), &raw));
+        fixed_window_agrees(fixed(limit, unit, 0), ChargePolicy::Always, start, &steps(unit.nanos(), &raw));
     }
 
     #[test]
@@ -186,7 +203,20 @@ proptest! {
         raw in raw_ops(5),
     ) {
         let unit = if minute { Unit::Minute } else { Unit::Second };
-        fixed_window_agrees(unit, limit, ChargePolicy::AllOrNothing, start, &steps(unit.nanos(), &raw));
+        fixed_window_agrees(fixed(limit, unit, 0), ChargePolicy::AllOrNothing, start, &steps(unit.nanos(), &raw));
+    }
+
+    #[test]
+    fn fixed_window_with_custom_window_and_offset_matches_model(
+        (window, offset) in custom_windows(),
+        always in any::<bool>(),
+        limit in 0u32..15,
+        start in 0u64..120 * SEC,
+        raw in raw_ops(5),
+    ) {
+        let spec = LimitSpec::with_window(limit, window, offset, Algorithm::FixedWindow, None, 0);
+        let policy = if always { ChargePolicy::Always } else { ChargePolicy::AllOrNothing };
+        fixed_window_agrees(spec, policy, start, &steps(spec.window_ns(), &raw));
     }
 }
 
@@ -222,9 +252,52 @@ fn fixed_window_always_charges_over_limit_and_resets_next_window() {
 // ---------------------------------------------------------------------------
 // Sliding window
 
+/// Runs `ops` through [`decide`] with one sliding-window limit and through
+/// the model: a charged count per window (aligned to the epoch plus the
+/// offset); the estimate is `previous * (w - elapsed) / w + current`, in
+/// exact rationals.
+fn sliding_window_agrees(spec: LimitSpec, start: u64, ops: &[(u64, u64)]) {
+    assert_eq!(spec.algorithm, Algorithm::SlidingWindow);
+    let w = spec.window_ns();
+    let offset = spec.offset_ns;
+    let limit = spec.requests_per_unit;
+    let mut states = states_for(&[spec]);
+    let mut counts: HashMap<u64, u64> = HashMap::new();
+    let mut now = T0 + start;
+    for &(dt, hits) in ops {
+        now += dt;
+        let window = (now - offset) / w;
+        let elapsed = now - (window * w + offset);
+        let previous = counts.get(&(window - 1)).copied().unwrap_or(0);
+        let current = counts.get(&window).copied().unwrap_or(0);
+        let estimate = Q::int(previous)
+            .mul(Q::new(u128::from(w - elapsed), u128::from(w)))
+            .add(Q::int(current));
+        let wanted = estimate.add(Q::int(hits));
+        let admitted = wanted.le(Q::int(u64::from(limit)));
+
+        let (outcome, wrote) = decide(ChargePolicy::AllOrNothing, &[spec], &mut states, now, hits);
+        let v = outcome.verdicts[0];
+        assert_eq!(
+            outcome.admitted, admitted,
+            "estimate {estimate:?} + {hits} of {limit}"
+        );
+        assert_eq!(v.used_before, estimate.ceil());
+        let remaining = if admitted {
+            Q::int(u64::from(limit)).sub(wanted).floor()
+        } else {
+            0
+        };
+        assert_eq!(v.remaining, remaining);
+        assert_eq!(v.reset_ns, (window + 1) * w + offset - now);
+        assert_eq!(wrote, admitted && hits > 0);
+        if wrote {
+            *counts.entry(window).or_default() += hits;
+        }
+    }
+}
+
 proptest! {
-    /// Model: a charged count per epoch window; the estimate is
-    /// `previous * (w - elapsed) / w + current`, in exact rationals.
     #[test]
     fn sliding_window_matches_model(
         minute in any::<bool>(),
@@ -233,36 +306,18 @@ proptest! {
         raw in raw_ops(5),
     ) {
         let unit = if minute { Unit::Minute } else { Unit::Second };
-        let spec = sliding(limit, unit);
-        let w = spec.window_ns();
-        let mut states = states_for(&[spec]);
-        let mut counts: HashMap<u64, u64> = HashMap::new();
-        let mut now = T0 + start;
-        for (dt, hits) in steps(w, &raw) {
-            now += dt;
-            let window = now / w;
-            let elapsed = now - window * w;
-            let previous = counts.get(&(window - 1)).copied().unwrap_or(0);
-            let current = counts.get(&window).copied().unwrap_or(0);
-            let estimate = Q::int(previous)
-                .mul(Q::new(u128::from(w - elapsed), u128::from(w)))
-                .add(Q::int(current));
-            let wanted = estimate.add(Q::int(hits));
-            let admitted = wanted.le(Q::int(u64::from(limit)));
+        sliding_window_agrees(sliding(limit, unit), start, &steps(unit.nanos(), &raw));
+    }
 
-            let (outcome, wrote) =
-                decide(ChargePolicy::AllOrNothing, &[spec], &mut states, now, hits);
-            let v = outcome.verdicts[0];
-            prop_assert_eq!(outcome.admitted, admitted, "estimate {:?} + {} of {}", estimate, hits, limit);
-            prop_assert_eq!(v.used_before, estimate.ceil());
-            let remaining = if admitted { Q::int(u64::from(limit)).sub(wanted).floor() } else { 0 };
-            prop_assert_eq!(v.remaining, remaining);
-            prop_assert_eq!(v.reset_ns, (window + 1) * w - now);
-            prop_assert_eq!(wrote, admitted && hits > 0);
-            if wrote {
-                *counts.entry(window).or_default() += hits;
-            }
-        }
+    #[test]
+    fn sliding_window_with_custom_window_and_offset_matches_model(
+        (window, offset) in custom_windows(),
+        limit in 0u32..15,
+        start in 0u64..120 * SEC,
+        raw in raw_ops(5),
+    ) {
+        let spec = LimitSpec::with_window(limit, window, offset, Algorithm::SlidingWindow, None, 0);
+        sliding_window_agrees(spec, start, &steps(spec.window_ns(), &raw));
     }
 }
 
@@ -305,15 +360,57 @@ fn sliding_window_weighs_the_previous_window() {
 // ---------------------------------------------------------------------------
 // Token bucket
 
-/// Rates that divide both a second and a minute in nanoseconds exactly, so
-/// the emission interval `window / rate` is a whole number of ns and the
-/// bucket can be compared exactly with a continuous one.
+/// Rates that divide a millisecond (and so every window, all whole ms) in
+/// nanoseconds exactly, so the emission interval
+/// `window / rate` is a whole number of ns and the bucket can be compared
+/// exactly with a continuous one.
 const EXACT_RATES: [u32; 12] = [1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 40, 50];
 
+/// Runs `ops` through [`decide`] with one token bucket and through the
+/// model: a continuous bucket of `burst` tokens refilling at `rpu` per
+/// window. Tokens are kept scaled by the window length (`tokens * w`),
+/// which makes every quantity an integer. `rpu` must divide the window
+/// in ns.
+fn token_bucket_agrees(spec: LimitSpec, start: u64, ops: &[(u64, u64)]) {
+    assert_eq!(spec.algorithm, Algorithm::TokenBucket);
+    assert_eq!(spec.window_ns() % u64::from(spec.requests_per_unit), 0);
+    let w = u128::from(spec.window_ns());
+    let rate = u128::from(spec.requests_per_unit);
+    let full = u128::from(spec.burst) * w;
+    let mut tokens = full; // scaled by w
+    let mut states = states_for(&[spec]);
+    let mut now = T0 + start;
+    for &(dt, hits) in ops {
+        now += dt;
+        tokens = (tokens + u128::from(dt) * rate).min(full);
+        let need = u128::from(hits) * w;
+        let admitted = need <= tokens;
+
+        let (outcome, wrote) = decide(ChargePolicy::AllOrNothing, &[spec], &mut states, now, hits);
+        let v = outcome.verdicts[0];
+        assert_eq!(
+            outcome.admitted, admitted,
+            "{hits} hits with {tokens}/{w} tokens"
+        );
+        assert_eq!(u128::from(v.used_before), (full - tokens).div_ceil(w));
+        if admitted {
+            let left = tokens - need;
+            assert_eq!(u128::from(v.remaining), left / w);
+            // Until the bucket is full again.
+            assert_eq!(u128::from(v.reset_ns) * rate, full - left);
+        } else {
+            assert_eq!(v.remaining, 0);
+            // Until this request would fit.
+            assert_eq!(u128::from(v.reset_ns) * rate, need - tokens);
+        }
+        assert_eq!(wrote, admitted && hits > 0);
+        if admitted {
+            tokens -= need;
+        }
+    }
+}
+
 proptest! {
-    /// Model: a continuous bucket of `burst` tokens refilling at `rpu` per
-    /// window. Tokens are kept scaled by the window length (`tokens * w`),
-    /// which makes every quantity an integer.
     #[test]
     fn token_bucket_matches_continuous_bucket(
         minute in any::<bool>(),
@@ -323,39 +420,21 @@ proptest! {
         raw in raw_ops(8),
     ) {
         let unit = if minute { Unit::Minute } else { Unit::Second };
-        let spec = bucket(rate, unit, burst);
-        let w = u128::from(spec.window_ns());
-        let rate = u128::from(rate);
-        let full = u128::from(burst) * w;
-        let mut tokens = full; // scaled by w
-        let mut states = states_for(&[spec]);
-        let mut now = T0 + start;
-        for (dt, hits) in steps(spec.window_ns(), &raw) {
-            now += dt;
-            tokens = (tokens + u128::from(dt) * rate).min(full);
-            let need = u128::from(hits) * w;
-            let admitted = need <= tokens;
+        token_bucket_agrees(bucket(rate, unit, burst), start, &steps(unit.nanos(), &raw));
+    }
 
-            let (outcome, wrote) =
-                decide(ChargePolicy::AllOrNothing, &[spec], &mut states, now, hits);
-            let v = outcome.verdicts[0];
-            prop_assert_eq!(outcome.admitted, admitted, "{} hits with {}/{} tokens", hits, tokens, w);
-            prop_assert_eq!(u128::from(v.used_before), (full - tokens).div_ceil(w));
-            if admitted {
-                let left = tokens - need;
-                prop_assert_eq!(u128::from(v.remaining), left / w);
-                // Until the bucket is full again.
-                prop_assert_eq!(u128::from(v.reset_ns) * rate, full - left);
-            } else {
-                prop_assert_eq!(v.remaining, 0);
-                // Until this request would fit.
-                prop_assert_eq!(u128::from(v.reset_ns) * rate, need - tokens);
-            }
-            prop_assert_eq!(wrote, admitted && hits > 0);
-            if admitted {
-                tokens -= need;
-            }
-        }
+    /// Custom windows are whole milliseconds, which the exact rates divide
+    /// too. The offset changes nothing for a bucket.
+    #[test]
+    fn token_bucket_with_custom_window_matches_continuous_bucket(
+        (window, offset) in custom_windows(),
+        rate in prop::sample::select(EXACT_RATES.to_vec()),
+        burst in 1u32..20,
+        start in 0u64..120 * SEC,
+        raw in raw_ops(8),
+    ) {
+        let spec = LimitSpec::with_window(rate, window, offset, Algorithm::TokenBucket, Some(burst), 0);
+        token_bucket_agrees(spec, start, &steps(spec.window_ns(), &raw));
     }
 }
 
@@ -418,6 +497,328 @@ fn token_bucket_with_a_huge_burst_still_counts() {
         "admitted {admitted} from a bucket of 1000"
     );
     assert!(admitted > 0);
+}
+
+// ---------------------------------------------------------------------------
+// Custom windows and offsets
+
+fn windowed(alg: Algorithm, rpu: u32, window: u64, offset: u64) -> LimitSpec {
+    LimitSpec::with_window(rpu, window, offset, alg, None, 0)
+}
+
+/// A spec as it could be written by hand, with any window and offset.
+fn raw_spec(window_ns: u64, offset_ns: u64) -> LimitSpec {
+    LimitSpec {
+        window_ns,
+        offset_ns,
+        ..fixed(1, Unit::Second, 0)
+    }
+}
+
+proptest! {
+    /// The start is the largest `s <= now` with `s ≡ offset (mod w)`, for
+    /// any u64 window, offset and time (no overflow at the extremes).
+    #[test]
+    fn window_start_is_the_last_aligned_instant(
+        w in prop_oneof![1u64..1000, any::<u64>().prop_map(|w| w.max(1)), Just(u64::MAX)],
+        offset in prop_oneof![Just(0u64), any::<u64>(), Just(u64::MAX)],
+        now in prop_oneof![any::<u64>(), Just(u64::MAX), Just(0u64)],
+    ) {
+        let s = raw_spec(w, offset).window_start(now);
+        let (w, offset, now, s) = (u128::from(w), u128::from(offset), u128::from(now), u128::from(s));
+        prop_assert!(s <= now);
+        if now >= offset % w {
+            prop_assert_eq!(s % w, offset % w);
+            prop_assert!(now - s < w);
+        } else {
+            // Before the first aligned instant: clamped to the epoch.
+            prop_assert_eq!(s, 0);
+        }
+    }
+
+    /// With the unit's window and no offset (or an offset of whole
+    /// windows), `with_window` is exactly `new`, slot included, and windows
+    /// start where they always did: `now - now % w`.
+    #[test]
+    fn unit_windows_without_offset_are_unchanged(
+        unit in prop::sample::select(Unit::ALL.to_vec()),
+        alg in prop::sample::select(vec![Algorithm::FixedWindow, Algorithm::SlidingWindow, Algorithm::TokenBucket]),
+        rpu in any::<u32>(),
+        burst in prop::option::of(any::<u32>()),
+        index in 0usize..8,
+        wraps in 0u64..3,
+        now in any::<u64>(),
+    ) {
+        let old = LimitSpec::new(rpu, unit, alg, burst, index);
+        let w = unit.nanos();
+        prop_assert_eq!(old.window_ns(), w);
+        prop_assert_eq!(old.offset_ns, 0);
+        prop_assert_eq!(LimitSpec::with_window(rpu, w, wraps * w, alg, burst, index), old);
+        prop_assert_eq!(old.window_start(now), now - now % w);
+    }
+}
+
+#[test]
+fn custom_windows_report_the_longest_unit_not_longer() {
+    for (window, unit) in [
+        (SEC / 2, Unit::Second),
+        (SEC, Unit::Second),
+        (59 * SEC + 999_000_000, Unit::Second),
+        (90 * SEC, Unit::Minute),
+        (2 * 86_400 * SEC, Unit::Day),
+        (8 * 86_400 * SEC, Unit::Week),
+        (31 * 86_400 * SEC, Unit::Month),
+        (400 * 86_400 * SEC, Unit::Year),
+    ] {
+        let spec = windowed(Algorithm::FixedWindow, 5, window, 0);
+        assert_eq!(spec.unit, unit, "{window} ns");
+        assert_eq!(spec.window_ns(), window);
+    }
+}
+
+#[test]
+fn custom_windows_and_offsets_are_whole_milliseconds() {
+    // Rounded down to the ms, at least 1 ms, at most MAX_WINDOW_NS.
+    assert_eq!(
+        windowed(Algorithm::FixedWindow, 1, 90 * SEC + 999_999, 0).window_ns(),
+        90 * SEC
+    );
+    assert_eq!(
+        windowed(Algorithm::FixedWindow, 1, 0, 0).window_ns(),
+        1_000_000
+    );
+    assert_eq!(
+        windowed(Algorithm::FixedWindow, 1, 1, 0).window_ns(),
+        1_000_000
+    );
+    let longest = windowed(Algorithm::FixedWindow, 1, u64::MAX, 0);
+    assert_eq!(longest.window_ns(), crate::core::limit::MAX_WINDOW_NS);
+    assert_eq!(longest.unit, Unit::Year);
+    // The offset is reduced modulo the window, then to whole ms.
+    let w = 90 * SEC;
+    let spec = windowed(Algorithm::FixedWindow, 1, w, 37 * SEC + 123);
+    assert_eq!(spec.offset_ns, 37 * SEC);
+    for wraps in [1, 2, 1000] {
+        let past = windowed(Algorithm::FixedWindow, 1, w, 37 * SEC + wraps * w);
+        assert_eq!(past, spec, "offset + {wraps} windows");
+    }
+    // A hand-made spec with an offset past the window starts the same
+    // windows.
+    for now in [T0, T0 + 17 * SEC, T0 + 89 * SEC] {
+        assert_eq!(
+            raw_spec(w, 37 * SEC + 5 * w).window_start(now),
+            spec.window_start(now)
+        );
+    }
+}
+
+#[test]
+fn slots_differ_by_window_and_offset() {
+    let unit = fixed(5, Unit::Minute, 0);
+    let same = windowed(Algorithm::FixedWindow, 5, Unit::Minute.nanos(), 0);
+    let longer = windowed(Algorithm::FixedWindow, 5, 90 * SEC, 0);
+    let shifted = windowed(Algorithm::FixedWindow, 5, Unit::Minute.nanos(), 30 * SEC);
+    let longer_shifted = windowed(Algorithm::FixedWindow, 5, 90 * SEC, 30 * SEC);
+    assert_eq!(same.slot, unit.slot);
+    let slots = [unit.slot, longer.slot, shifted.slot, longer_shifted.slot];
+    for (i, a) in slots.iter().enumerate() {
+        for b in &slots[i + 1..] {
+            assert_ne!(a, b, "{slots:?}");
+        }
+    }
+    // Still independent of the amount, as for unit windows.
+    assert_eq!(
+        windowed(Algorithm::FixedWindow, 9, 90 * SEC, 30 * SEC).slot,
+        longer_shifted.slot
+    );
+}
+
+#[test]
+fn fixed_window_of_90_seconds() {
+    let spec = windowed(Algorithm::FixedWindow, 3, 90 * SEC, 0);
+    let w = 90 * SEC;
+    let start = T0 - T0 % w;
+    let mut states = states_for(&[spec]);
+    let t = start + 80 * SEC;
+    for left in [2, 1, 0] {
+        let (o, _) = decide(ChargePolicy::Always, &[spec], &mut states, t, 1);
+        assert!(o.admitted);
+        assert_eq!(o.verdicts[0].remaining, left);
+        assert_eq!(o.verdicts[0].reset_ns, 10 * SEC);
+    }
+    // 89.999... s into the window: still the same one; then a new one.
+    let (o, _) = decide(ChargePolicy::Always, &[spec], &mut states, start + w - 1, 1);
+    assert!(!o.admitted);
+    assert_eq!(o.verdicts[0].reset_ns, 1);
+    let (o, _) = decide(ChargePolicy::Always, &[spec], &mut states, start + w, 1);
+    assert!(o.admitted);
+    assert_eq!(o.verdicts[0].used_before, 0);
+    assert_eq!(o.verdicts[0].reset_ns, w);
+    assert_eq!(whole_seconds(o.verdicts[0].reset_ns), 90);
+}
+
+#[test]
+fn sliding_window_of_90_seconds() {
+    let spec = windowed(Algorithm::SlidingWindow, 10, 90 * SEC, 0);
+    let w = 90 * SEC;
+    let start = T0 - T0 % w;
+    let mut states = states_for(&[spec]);
+    let (o, _) = decide(
+        ChargePolicy::AllOrNothing,
+        &[spec],
+        &mut states,
+        start + w - SEC,
+        10,
+    );
+    assert!(o.admitted);
+    // A third into the next window, 2/3 of those 10 still count: 6.67, so
+    // three more fit (9.67) but not four (10.67).
+    let t = start + w + 30 * SEC;
+    let (o, wrote) = decide(ChargePolicy::AllOrNothing, &[spec], &mut states, t, 4);
+    assert!(!o.admitted && !wrote);
+    assert_eq!(o.verdicts[0].used_before, 7);
+    assert_eq!(o.verdicts[0].reset_ns, 60 * SEC);
+    let (o, wrote) = decide(ChargePolicy::AllOrNothing, &[spec], &mut states, t, 3);
+    assert!(o.admitted && wrote);
+    assert_eq!(o.verdicts[0].remaining, 0);
+}
+
+#[test]
+fn token_bucket_of_90_seconds() {
+    // 3 per 90 s: one token every 30 s, a bucket of 3.
+    let spec = windowed(Algorithm::TokenBucket, 3, 90 * SEC, 0);
+    let mut states = states_for(&[spec]);
+    let (o, _) = decide(ChargePolicy::AllOrNothing, &[spec], &mut states, T0, 3);
+    assert!(o.admitted);
+    assert_eq!(o.verdicts[0].reset_ns, 90 * SEC);
+    let (o, _) = decide(ChargePolicy::AllOrNothing, &[spec], &mut states, T0, 1);
+    assert!(!o.admitted);
+    assert_eq!(o.verdicts[0].reset_ns, 30 * SEC);
+    let (o, _) = decide(
+        ChargePolicy::AllOrNothing,
+        &[spec],
+        &mut states,
+        T0 + 30 * SEC - 1,
+        1,
+    );
+    assert!(!o.admitted);
+    assert_eq!(o.verdicts[0].reset_ns, 1);
+    let (o, _) = decide(
+        ChargePolicy::AllOrNothing,
+        &[spec],
+        &mut states,
+        T0 + 30 * SEC,
+        1,
+    );
+    assert!(o.admitted);
+}
+
+#[test]
+fn offset_windows_start_and_reset_exactly_at_the_boundary() {
+    let w = 90 * SEC;
+    let offset = 37 * SEC;
+    // A boundary: 37 s past a multiple of 90 s.
+    let boundary = T0 - T0 % w + w + offset;
+    let spec = windowed(Algorithm::FixedWindow, 2, w, offset);
+    let mut states = states_for(&[spec]);
+    for (now, start) in [
+        (boundary - w, boundary - w),
+        (boundary - 1, boundary - w),
+        (boundary, boundary),
+        (boundary + 1, boundary),
+        (boundary + w - 1, boundary),
+        (boundary + w, boundary + w),
+    ] {
+        assert_eq!(
+            spec.window_start(now),
+            start,
+            "at boundary{:+}",
+            i128::from(now) - i128::from(boundary)
+        );
+    }
+    // Fill the window before the boundary; its last ns is refused, the
+    // boundary starts afresh.
+    decide(ChargePolicy::Always, &[spec], &mut states, boundary - w, 2);
+    let (o, _) = decide(ChargePolicy::Always, &[spec], &mut states, boundary - 1, 1);
+    assert!(!o.admitted);
+    assert_eq!(o.verdicts[0].used_before, 2);
+    assert_eq!(o.verdicts[0].reset_ns, 1);
+    let (o, _) = decide(ChargePolicy::Always, &[spec], &mut states, boundary, 1);
+    assert!(o.admitted);
+    assert_eq!(o.verdicts[0].used_before, 0);
+    assert_eq!(o.verdicts[0].reset_ns, w);
+    assert_eq!(
+        states[0],
+        LimitState::Fixed(FixedWindow {
+            window_start: boundary,
+            count: 1
+        })
+    );
+
+    // Sliding: at the boundary the window before becomes the previous one,
+    // weighing in fully, then less by the ns.
+    let spec = windowed(Algorithm::SlidingWindow, 4, w, offset);
+    let mut states = states_for(&[spec]);
+    decide(
+        ChargePolicy::AllOrNothing,
+        &[spec],
+        &mut states,
+        boundary - 1,
+        4,
+    );
+    let (o, _) = decide(
+        ChargePolicy::AllOrNothing,
+        &[spec],
+        &mut states,
+        boundary,
+        1,
+    );
+    assert!(!o.admitted);
+    assert_eq!(o.verdicts[0].used_before, 4);
+    assert_eq!(o.verdicts[0].reset_ns, w);
+    let (o, _) = decide(
+        ChargePolicy::AllOrNothing,
+        &[spec],
+        &mut states,
+        boundary + w / 4,
+        1,
+    );
+    assert!(o.admitted);
+    assert_eq!(o.verdicts[0].used_before, 3);
+    assert_eq!(o.verdicts[0].reset_ns, w - w / 4);
+    assert_eq!(states[0].expires_at(&spec), boundary + 2 * w);
+}
+
+/// A monthly quota: a fixed window as long as the period, offset to its
+/// start, has exactly the period as its window.
+#[test]
+fn a_quota_period_is_exactly_one_offset_window() {
+    const DAY: u64 = 86_400 * SEC;
+    // 2024-02-15 and 2024-03-15 00:00 UTC (29 days: a leap February),
+    // 2023-12-01 and 2024-01-01 (31 days), 2023-11-05 and 2023-12-05 (30).
+    for (start_s, days) in [
+        (1_707_955_200u64, 29u64),
+        (1_701_388_800, 31),
+        (1_699_142_400, 30),
+    ] {
+        let start = start_s * SEC;
+        let len = days * DAY;
+        let spec = windowed(Algorithm::FixedWindow, 1000, len, start % len);
+        assert_eq!(spec.unit, if days >= 30 { Unit::Month } else { Unit::Week });
+        for now in [start, start + 1, start + len / 2, start + len - 1] {
+            assert_eq!(spec.window_start(now), start, "{days} days, {now}");
+            let (o, _) = decide(
+                ChargePolicy::AllOrNothing,
+                &[spec],
+                &mut states_for(&[spec]),
+                now,
+                1,
+            );
+            assert_eq!(o.verdicts[0].reset_ns, start + len - now);
+        }
+        assert_eq!(spec.window_start(start + len), start + len);
+        assert_eq!(spec.window_start(start - 1), start - len);
+    }
 }
 
 // ---------------------------------------------------------------------------

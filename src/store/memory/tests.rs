@@ -274,6 +274,61 @@ fn a_slot_of_a_removed_limit_goes_when_its_window_passes() {
     assert_eq!(o.verdicts[0].used_before, 2);
 }
 
+fn windowed(rpu: u32, window: u64, offset: u64) -> LimitSpec {
+    LimitSpec::with_window(rpu, window, offset, Algorithm::FixedWindow, None, 0)
+}
+
+#[test]
+fn a_changed_window_or_offset_has_its_own_count() {
+    let (clock, store) = store(DEFAULT_MAX_COUNTERS);
+    let minute = [fixed(2, Unit::Minute, 0)];
+    let longer = [windowed(2, 90 * SEC, 0)];
+    let shifted = [windowed(2, 60 * SEC, 30 * SEC)];
+    // The unit's window without offset is the unit limit itself.
+    let same = [windowed(2, 60 * SEC, 0)];
+    assert!(at_clock(&store, &clock, &check(b"k", &minute, 2)).admitted);
+    assert!(!at_clock(&store, &clock, &check(b"k", &same, 1)).admitted);
+    for limits in [&longer, &shifted] {
+        let o = at_clock(&store, &clock, &check(b"k", limits, 1));
+        assert!(o.admitted, "{limits:?}");
+        assert_eq!(o.verdicts[0].used_before, 0, "{limits:?}");
+    }
+    // A raised amount keeps the count, as for unit windows.
+    let o = at_clock(&store, &clock, &check(b"k", &[windowed(9, 90 * SEC, 0)], 0));
+    assert_eq!(o.verdicts[0].used_before, 1);
+    // Each window ends on its own: T0 is 59.5 s into its minute, 29.5 s
+    // into its 90 s window and 29.5 s into the minute starting at :30.
+    assert_eq!(
+        at_clock(&store, &clock, &check(b"k", &longer, 0)).verdicts[0].reset_ns,
+        60 * SEC + SEC / 2
+    );
+    assert_eq!(
+        at_clock(&store, &clock, &check(b"k", &shifted, 0)).verdicts[0].reset_ns,
+        30 * SEC + SEC / 2
+    );
+    clock.advance(SEC);
+    assert_eq!(
+        at_clock(&store, &clock, &check(b"k", &minute, 0)).verdicts[0].used_before,
+        0
+    );
+    assert_eq!(
+        at_clock(&store, &clock, &check(b"k", &shifted, 0)).verdicts[0].used_before,
+        1
+    );
+    clock.advance(30 * SEC);
+    assert_eq!(
+        at_clock(&store, &clock, &check(b"k", &shifted, 0)).verdicts[0].used_before,
+        0
+    );
+    assert_eq!(
+        at_clock(&store, &clock, &check(b"k", &longer, 0)).verdicts[0].used_before,
+        1
+    );
+    clock.advance(30 * SEC);
+    store.sweep();
+    assert_eq!(store.store_stats().live_counters, 0);
+}
+
 #[test]
 fn raising_a_limit_keeps_the_count() {
     let (clock, store) = store(DEFAULT_MAX_COUNTERS);

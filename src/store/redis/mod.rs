@@ -482,6 +482,9 @@ impl RedisStore {
         self.jitter_hasher.hash_one(n) % (self.jitter_ms + 1)
     }
 
+    /// ARGV for `check` (layout in `lua/lib.lua`): per limit, the window
+    /// and the offset go in µs, exact for every window
+    /// [`LimitSpec::with_window`] makes (whole ms).
     fn args(&self, check: &Check<'_>) -> Vec<Value> {
         let mut args = Vec::with_capacity(3 + 6 * check.limits.len());
         args.push(Value::from(match check.policy {
@@ -505,7 +508,11 @@ impl RedisStore {
                 (l.window_ns() / u64::from(l.requests_per_unit)).max(1)
             };
             args.push(Value::from(interval.to_string()));
-            args.push(Value::from((l.offset_ns / 1_000).to_string()));
+            // Reduced like `LimitSpec::window_start` does, so a spec built
+            // by hand with an offset past the window still agrees.
+            args.push(Value::from(
+                ((l.offset_ns % l.window_ns.max(1)) / 1_000).to_string(),
+            ));
         }
         args
     }

@@ -178,6 +178,13 @@ fn bucket(rpu: u32, unit: Unit, burst: u32, index: usize) -> LimitSpec {
     LimitSpec::new(rpu, unit, Algorithm::TokenBucket, Some(burst), index)
 }
 
+const SEC: u64 = 1_000_000_000;
+
+/// A limit over any window, with an offset.
+fn windowed(alg: Algorithm, rpu: u32, window_ns: u64, offset_ns: u64, index: usize) -> LimitSpec {
+    LimitSpec::with_window(rpu, window_ns, offset_ns, alg, None, index)
+}
+
 fn check<'a>(key: &'a [u8], limits: &'a [LimitSpec], hits: u64) -> Check<'a> {
     Check {
         key,
@@ -195,9 +202,18 @@ async fn one(store: &RedisStore, c: Check<'_>) -> Outcome {
 /// Sleeps past the end of the current `unit` window when it ends within
 /// `margin`, so a sequence of checks stays inside one window.
 async fn stay_inside_window(unit: Unit, margin: Duration) {
+    stay_inside_windows(&[fixed(1, unit, 0)], margin).await;
+}
+
+/// The same for the windows of every limit (offsets included).
+async fn stay_inside_windows(limits: &[LimitSpec], margin: Duration) {
     let now = SystemClock::default().now_ns();
-    let left = unit.nanos() - now % unit.nanos();
-    if u128::from(left) < margin.as_nanos() {
+    let left = limits
+        .iter()
+        .map(|l| l.window_start(now) + l.window_ns() - now)
+        .filter(|left| u128::from(*left) < margin.as_nanos())
+        .max();
+    if let Some(left) = left {
         tokio::time::sleep(Duration::from_nanos(left + 50_000_000)).await;
     }
 }
@@ -241,7 +257,60 @@ fn parity_cases() -> Vec<Case> {
         case("zero limit", vec![fixed(0, Unit::Day, 0)]),
         case("zero bucket", vec![bucket(0, Unit::Day, 0, 0)]),
         case("year bucket", vec![bucket(1000, Unit::Year, 1000, 0)]),
+        case(
+            "fixed 90 s",
+            vec![windowed(Algorithm::FixedWindow, 5, 90 * SEC, 0, 0)],
+        ),
+        case(
+            "sliding 90 s",
+            vec![windowed(Algorithm::SlidingWindow, 6, 90 * SEC, 0, 0)],
+        ),
+        case(
+            "bucket 90 s",
+            vec![LimitSpec::with_window(
+                9,
+                90 * SEC,
+                0,
+                Algorithm::TokenBucket,
+                Some(5),
+                0,
+            )],
+        ),
+        case(
+            "fixed 90 s, offset 37 s",
+            vec![windowed(Algorithm::FixedWindow, 5, 90 * SEC, 37 * SEC, 0)],
+        ),
+        case(
+            "sliding 1 h, offset 1234.567 s",
+            vec![windowed(
+                Algorithm::SlidingWindow,
+                6,
+                3_600 * SEC,
+                1_234_567 * 1_000_000,
+                0,
+            )],
+        ),
+        case("quota period", vec![quota_period_limit(8, 2)]),
+        case(
+            "plan: 90 s + hour + quota",
+            vec![
+                windowed(Algorithm::FixedWindow, 9, 90 * SEC, 0, 0),
+                windowed(Algorithm::SlidingWindow, 6, 3_600 * SEC, 0, 1),
+                quota_period_limit(7, 2),
+            ],
+        ),
     ]
+}
+
+/// A monthly-quota-like limit: a fixed window of 31 days offset so that it
+/// started 5 days and 1 ms ago (as an API key's quota period is built).
+fn quota_period_limit(rpu: u32, index: usize) -> LimitSpec {
+    let len = 31 * 86_400 * SEC;
+    let now = SystemClock::default().now_ns();
+    let start = (now - 5 * 86_400 * SEC) / 1_000_000 * 1_000_000 - 1_000_000;
+    let spec = windowed(Algorithm::FixedWindow, rpu, len, start % len, index);
+    assert_eq!(spec.window_start(now), start);
+    spec
 }
 
 const HITS: [u64; 14] = [1, 1, 0, 2, 3, 0, 1, 1, 10, 1, 0, 2, 1, 1];
@@ -256,6 +325,7 @@ async fn parity_run(general_only: bool) {
     let memory = MemoryStore::new(Arc::new(SystemClock::default()), DEFAULT_MAX_COUNTERS);
     stay_inside_window(Unit::Hour, Duration::from_secs(10)).await;
     for case in parity_cases() {
+        stay_inside_windows(&case.limits, Duration::from_secs(3)).await;
         let key = format!("parity/{}", case.name);
         for (step, &hits) in HITS.iter().enumerate() {
             let c = Check {
@@ -480,7 +550,18 @@ async fn scripts_decide_and_write_exactly_what_the_algorithms_do() {
     let inspect = inspector(&server).await;
     let instant = instant_script(&redis).await;
     let mut rng = Rng(0x5eed);
-    let units = [Unit::Second, Unit::Minute, Unit::Day, Unit::Year];
+    // (window, offset): unit windows, and custom ones with and without
+    // offsets (whole ms, as `with_window` makes them).
+    let windows = [
+        (Unit::Second.nanos(), 0),
+        (Unit::Minute.nanos(), 0),
+        (Unit::Day.nanos(), 0),
+        (Unit::Year.nanos(), 0),
+        (90 * SEC, 0),
+        (90 * SEC, 37 * SEC),
+        (1_500_000_000, 700_000_000),
+        (31 * 86_400 * SEC, 1_234_567_891 * 1_000_000),
+    ];
     let rates = [0u32, 1, 3, 7, 10, 1000, 100_000, u32::MAX];
     let mut seen = HashMap::<(Algorithm, bool, bool), u32>::new();
     for iteration in 0..600u32 {
@@ -492,16 +573,17 @@ async fn scripts_decide_and_write_exactly_what_the_algorithms_do() {
         };
         let limits: Vec<LimitSpec> = (0..n)
             .map(|i| {
-                let unit = rng.pick(&units);
+                let (window, offset) = rng.pick(&windows);
                 let rpu = rng.pick(&rates);
-                match rng.next() % 3 {
-                    0 => fixed(rpu, unit, i),
-                    1 => sliding(rpu, unit, i),
-                    _ => {
-                        let burst = rng.pick(&[0, 1, rpu, rpu.saturating_mul(2), u32::MAX]);
-                        bucket(rpu, unit, burst, i)
-                    }
-                }
+                let (alg, burst) = match rng.next() % 3 {
+                    0 => (Algorithm::FixedWindow, None),
+                    1 => (Algorithm::SlidingWindow, None),
+                    _ => (
+                        Algorithm::TokenBucket,
+                        Some(rng.pick(&[0, 1, rpu, rpu.saturating_mul(2), u32::MAX])),
+                    ),
+                };
+                LimitSpec::with_window(rpu, window, offset, alg, burst, i)
             })
             .collect();
         let key = format!("fuzz/{iteration}");
@@ -521,8 +603,8 @@ async fn scripts_decide_and_write_exactly_what_the_algorithms_do() {
         let now_us = redis_now_us(&inspect).await;
         let mut crafted = Vec::new();
         for limit in &limits {
-            let w_us = limit.unit.seconds() * 1_000_000;
-            let start = now_us - now_us % w_us;
+            let w_us = limit.window_ns() / 1_000;
+            let start = limit.window_start(now_us * 1_000) / 1_000;
             let rpu = limit.requests_per_unit;
             crafted.push(match limit.algorithm {
                 Algorithm::FixedWindow | Algorithm::SlidingWindow => {
@@ -531,6 +613,9 @@ async fn scripts_decide_and_write_exactly_what_the_algorithms_do() {
                         Some(start.saturating_sub(w_us)),
                         Some(start.saturating_sub(2 * w_us)),
                         Some(start + 1),
+                        // Epoch-aligned: another window when there is an
+                        // offset.
+                        Some(now_us - now_us % w_us),
                         None,
                     ]);
                     match s {
@@ -614,11 +699,21 @@ async fn boundaries_are_decided_exactly() {
     let mut cases = 0u32;
 
     // Sliding: previous * (w - e) + (current + hits) * w == limit * w at
-    // e = w - d * w / previous (previous divides 10^6, so every window in
-    // µs), then one µs either side.
-    for unit in [Unit::Second, Unit::Minute, Unit::Day, Unit::Year] {
-        let w = unit.seconds() * 1_000_000;
-        let start = base_us - base_us % w;
+    // e = w - d * w / previous (previous divides 10^6, so every window of
+    // whole ms in µs), then one µs either side; unit windows, and custom
+    // ones with offsets.
+    for (window_ns, offset_ns) in [
+        (Unit::Second.nanos(), 0),
+        (Unit::Minute.nanos(), 0),
+        (Unit::Day.nanos(), 0),
+        (Unit::Year.nanos(), 0),
+        (90 * SEC, 37 * SEC),
+        (31 * 86_400 * SEC, 1_234_567_891 * 1_000_000),
+    ] {
+        let template = windowed(Algorithm::SlidingWindow, 1, window_ns, offset_ns, 0);
+        let unit = format!("{window_ns}+{offset_ns} ns");
+        let w = template.window_ns() / 1_000;
+        let start = template.window_start(base_us * 1_000) / 1_000;
         for previous in [1u64, 2, 8, 25, 64, 1000] {
             for hits in [1u64, 3] {
                 for d in [1, previous / 2 + 1, previous] {
@@ -629,7 +724,11 @@ async fn boundaries_are_decided_exactly() {
                         let Some(offset) = e.checked_add_signed(delta).filter(|o| *o < w) else {
                             continue;
                         };
-                        let limits = [sliding(limit, unit, 0)];
+                        let limits = [LimitSpec {
+                            requests_per_unit: limit,
+                            burst: limit,
+                            ..template
+                        }];
                         let c = Check {
                             key: b"edge/sliding",
                             limits: &limits,
@@ -718,19 +817,35 @@ async fn boundaries_are_decided_exactly() {
     }
 
     // Window edges: the first and last µs of a window, with state from this
-    // window, the one before, and the one before that.
-    for unit in [Unit::Second, Unit::Hour, Unit::Week, Unit::Year] {
-        let w = unit.seconds() * 1_000_000;
-        let start = base_us - base_us % w;
+    // window, the one before, and the one before that (and, with an offset,
+    // the epoch-aligned window around now, which is none of them); unit
+    // windows, and custom ones with offsets.
+    for (window_ns, offset_ns) in [
+        (Unit::Second.nanos(), 0),
+        (Unit::Hour.nanos(), 0),
+        (Unit::Week.nanos(), 0),
+        (Unit::Year.nanos(), 0),
+        (90 * SEC, 0),
+        (90 * SEC, 37 * SEC),
+        (1_500_000_000, 700_000_000),
+        (31 * 86_400 * SEC, 1_234_567_891 * 1_000_000),
+    ] {
+        let unit = format!("{window_ns}+{offset_ns} ns");
+        let fixed = windowed(Algorithm::FixedWindow, 5, window_ns, offset_ns, 0);
+        let sliding = windowed(Algorithm::SlidingWindow, 5, window_ns, offset_ns, 0);
+        let w = window_ns / 1_000;
+        let start = fixed.window_start(base_us * 1_000) / 1_000;
         for now_us in [start, start + w - 1] {
-            let this = now_us - now_us % w;
-            for s in [this, this - w, this - 2 * w] {
+            let this = fixed.window_start(now_us * 1_000) / 1_000;
+            assert_eq!(this, start, "{unit}");
+            let mut starts = vec![this, this - w, this - 2 * w];
+            if offset_ns > 0 {
+                starts.push(now_us - now_us % w);
+            }
+            for s in starts {
                 for (limits, crafted) in [
-                    ([fixed(5, unit, 0)], fields(&[("s", s.into()), ("c", 5)])),
-                    (
-                        [sliding(5, unit, 0)],
-                        fields(&[("s", s.into()), ("p", 2), ("c", 3)]),
-                    ),
+                    ([fixed], fields(&[("s", s.into()), ("c", 5)])),
+                    ([sliding], fields(&[("s", s.into()), ("p", 2), ("c", 3)])),
                 ] {
                     for policy in [ChargePolicy::Always, ChargePolicy::AllOrNothing] {
                         let c = Check {
@@ -739,7 +854,7 @@ async fn boundaries_are_decided_exactly() {
                             hits: 1,
                             policy,
                         };
-                        run_and_compare(
+                        let (o, _) = run_and_compare(
                             &redis,
                             &inspect,
                             &instant,
@@ -749,6 +864,10 @@ async fn boundaries_are_decided_exactly() {
                             &format!("window {unit} now {now_us} s {s}"),
                         )
                         .await;
+                        if limits[0].algorithm == Algorithm::FixedWindow {
+                            // Full in this window; any other count is stale.
+                            assert_eq!(o.admitted, s != this, "window {unit} now {now_us} s {s}");
+                        }
                         cases += 1;
                     }
                 }
@@ -1009,6 +1128,59 @@ async fn odd_and_long_descriptor_values_make_short_keys() {
         assert!(k.len() <= 64, "{k} is {} bytes", k.len());
         assert!(k.starts_with("sluice:{"), "{k}");
     }
+}
+
+/// Unit limits keep the keys they had before windows could be custom (the
+/// slots of commit e7e1838), so counters already in Redis keep counting;
+/// a limit that differs only by its window or its offset has a key, and a
+/// count, of its own, in Redis as in the memory store.
+#[tokio::test]
+async fn unit_limits_keep_their_keys_and_custom_windows_have_their_own() {
+    let server = Server::start();
+    let redis = store(&server).await;
+    let memory = MemoryStore::new(Arc::new(SystemClock::default()), DEFAULT_MAX_COUNTERS);
+    let tag = Tag::of(b"slots");
+    for (limit, slot) in [
+        (fixed(5, Unit::Minute, 1), 3_773_602_348_585_689_545u64),
+        (sliding(5, Unit::Hour, 1), 453_433_597_011_201_844),
+        (bucket(5, Unit::Second, 5, 0), 12_804_074_314_212_919_245),
+    ] {
+        let limits = [limit];
+        let keys = redis.keys_of(&check(b"slots", &limits, 1));
+        assert_eq!(keys, [format!("sluice:{{{}}}:{slot:016x}", tag.as_str())]);
+    }
+
+    let variants = [
+        [fixed(2, Unit::Minute, 0)],
+        [windowed(Algorithm::FixedWindow, 2, 90 * SEC, 0, 0)],
+        [windowed(Algorithm::FixedWindow, 2, 60 * SEC, 30 * SEC, 0)],
+        [windowed(Algorithm::FixedWindow, 2, 90 * SEC, 30 * SEC, 0)],
+    ];
+    let all: Vec<LimitSpec> = variants.iter().flatten().copied().collect();
+    stay_inside_windows(&all, Duration::from_secs(3)).await;
+    let mut keys: Vec<String> = variants
+        .iter()
+        .flat_map(|v| redis.keys_of(&check(b"slots", v, 1)))
+        .collect();
+    keys.dedup();
+    assert_eq!(keys.len(), variants.len(), "{keys:?}");
+    for (i, limits) in variants.iter().enumerate() {
+        for step in 0..3u64 {
+            let c = check(b"slots", limits, 1);
+            let r = one(&redis, c).await;
+            let m = memory.check(&[c]).await.expect("memory").remove(0);
+            let at = format!("variant {i} step {step}: redis {r:?} memory {m:?}");
+            // Each variant starts from nothing, whatever the others counted.
+            assert_eq!(r.verdicts[0].used_before, step, "{at}");
+            assert_eq!(r.admitted, step < 2, "{at}");
+            assert_eq!(
+                (r.admitted, r.verdicts[0].used_before),
+                (m.admitted, m.verdicts[0].used_before),
+                "{at}"
+            );
+        }
+    }
+    assert_eq!(redis.redis_stats().mismatches, 0);
 }
 
 /// A batch's commands are all written before any reply is awaited: with

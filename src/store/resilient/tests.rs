@@ -179,6 +179,42 @@ fn divide_never_rounds_a_limit_to_zero() {
     assert_eq!(z.requests_per_unit, 0);
 }
 
+#[test]
+fn custom_windows_survive_division_and_key_the_cache() {
+    const SEC: u64 = 1_000_000_000;
+    let l = LimitSpec::with_window(10, 90 * SEC, 37 * SEC, Algorithm::FixedWindow, None, 0);
+    let d = divide(&l, 4);
+    assert_eq!(d.requests_per_unit, 2);
+    assert_eq!(
+        (d.window_ns, d.offset_ns, d.slot),
+        (l.window_ns, l.offset_ns, l.slot)
+    );
+    // A denial while down lasts the window, not the reported unit.
+    let c = Check {
+        key: b"k",
+        limits: std::slice::from_ref(&l),
+        hits: 1,
+        policy: ChargePolicy::AllOrNothing,
+    };
+    assert_eq!(fixed_answer(&c, false).verdicts[0].reset_ns, 90 * SEC);
+    // Specs differing only by window or offset (even with one slot) do
+    // not share cached denials.
+    let base = cache_key(&c);
+    for other in [
+        LimitSpec {
+            window_ns: 60 * SEC,
+            ..l
+        },
+        LimitSpec { offset_ns: 0, ..l },
+    ] {
+        let c = Check {
+            limits: std::slice::from_ref(&other),
+            ..c
+        };
+        assert_ne!(cache_key(&c), base, "{other:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_cancelled_probe_does_not_wedge_the_breaker() {
     let s = store(FailureMode::Allow, 1, 0);

@@ -14,8 +14,9 @@
 --     burst            bucket size (u32, decimal; buckets only)
 --     interval_ns      GCRA emission interval in nanoseconds, computed in
 --                      Rust as max(window_ns / requests, 1) (buckets only)
---     offset_us        window starts are this far past the epoch-aligned
---                      ones (< window_us; 0 but for monthly quotas)
+--     offset_us        window offset in microseconds: window starts are
+--                      this far past the epoch-aligned ones (< window_us;
+--                      0 for configured limits; unused by buckets)
 --
 -- Returns (built by `reply`): an array of strings
 --   [1] TIME seconds, [2] TIME microseconds  (the Redis server's clock)
@@ -34,11 +35,13 @@
 -- Time: only the Redis server's TIME is read; never a client clock.
 -- now_ns = seconds * 1e9 + micros * 1000. Lua numbers are doubles (exact
 -- integers only below 2^53 ~ 9.007e15), so:
---   * window arithmetic is done in microseconds as doubles: now_us ~ 1.8e15
---     and windows <= 365 days = 3.15e13 us are exact, and math.fmod is
---     exact. Since TIME has microsecond resolution and every window is a
---     whole number of seconds, ns = us * 1000 exactly, so window starts and
---     the sliding weights match the Rust nanosecond arithmetic.
+--   * window arithmetic is done in microseconds as doubles: now_us ~ 1.8e15,
+--     windows and offsets (at most 100 years = 3.15e15 us, see Rust's
+--     MAX_WINDOW_NS) and now_us + window_us stay below 2^53, so they are
+--     exact, and math.fmod is exact. Since TIME has microsecond resolution
+--     and every window and offset is a whole number of milliseconds,
+--     ns = us * 1000 exactly, so window starts and the sliding weights
+--     match the Rust nanosecond arithmetic.
 --   * counts, hits, products and GCRA timestamps (ns ~ 1.7e18, bucket
 --     depths up to burst * interval ~ 2^87) use the small arbitrary-
 --     precision unsigned integers below (decimal limbs of 7 digits, whose
@@ -228,10 +231,12 @@ end
 -- a function that writes the new state (called only when charging).
 
 -- The start of the window holding `t` (us): the largest start <= now
--- that is offset_us past a multiple of the window.
+-- that is offset_us past a multiple of the window; as Rust's
+-- LimitSpec::window_start: now - (now + w - offset mod w) mod w. Every
+-- operand is non-negative, so fmod is the mathematical remainder.
 local function window_start(spec, t)
   local w = spec.window_us
-  return t.us - math.fmod(t.us - spec.offset_us + w, w)
+  return t.us - math.fmod(t.us + w - math.fmod(spec.offset_us, w), w)
 end
 
 local function eval_fixed(spec, t, hits, jitter)

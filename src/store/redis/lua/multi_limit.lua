@@ -11,9 +11,9 @@
 -- ARGV[1]   policy: "always" | "all"
 -- ARGV[2]   hits (decimal u64; "0" = check only, nothing is written)
 -- ARGV[3]   expiry jitter (ms)
--- ARGV[4 + 6*(i-1) ..]  limit i: algorithm ("fixed" | "sliding" |
---           "bucket"), window (us), requests_per_unit, burst, interval (ns),
---           window offset (us)
+-- ARGV[4 + 6*(i-1) ..]  limit i, 6 values: algorithm ("fixed" |
+--           "sliding" | "bucket"), window (us), requests_per_unit, burst,
+--           interval (ns), window offset (us; fixed and sliding only)
 --
 -- Time is read once from the Redis server's TIME, so every limit is
 -- decided at the same instant. Every limit is read and evaluated first;

@@ -10,15 +10,16 @@
 -- ARGV[2]   hits (decimal u64; "0" = check only, nothing is written)
 -- ARGV[3]   expiry jitter (ms)
 -- ARGV[4]   "sliding"
--- ARGV[5]   window length (us)
+-- ARGV[5]   window length (us; a whole number of ms)
 -- ARGV[6]   requests_per_unit
 -- ARGV[7]   burst (unused), ARGV[8] interval (unused)
--- ARGV[9]   window offset (us; 0 = epoch-aligned)
+-- ARGV[9]   window offset (us; a whole number of ms below the window;
+--           0 = epoch-aligned)
 --
--- With now from the Redis server's TIME only: start = now_us -
--- (now_us - offset_us) mod window_us; a stored window one window older becomes the previous one;
--- admitted iff previous * (window - (now - start)) + (current + hits) *
--- window <= requests * window (exact integers). Charged: s, p, c are
+-- With now_us from the Redis server's TIME only: start = now_us - (now_us -
+-- offset_us) mod window_us; a stored window one window older becomes the
+-- previous one; admitted iff previous * (window - (now - start)) +
+-- (current + hits) * window <= requests * window (exact integers). Charged: s, p, c are
 -- written and the key gets PEXPIRE until two windows after start + jitter.
 --
 -- Returns: [TIME s, TIME us, charged "0"|"1", admitted "0"|"1",

@@ -14,7 +14,7 @@
 -- ARGV[6]   requests_per_unit, ARGV[7] burst (a 0 in either: never fills,
 --           only hits = 0 passes, nothing is written)
 -- ARGV[8]   emission interval, ns = max(window_ns / requests, 1), from Rust
--- ARGV[9]   window offset (unused)
+-- ARGV[9]   window offset (us; unused: a bucket has no window starts)
 --
 -- With now_ns from the Redis server's TIME only: tat = max(TAT, now);
 -- new = tat + interval * hits; admitted iff new - now <= interval * burst

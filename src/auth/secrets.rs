@@ -1,84 +1,229 @@
-//! Server secrets kept in files: created on first start with random
-//! bytes (hex, mode 0600) beside the embedded database, read back on the
-//! next, and refused when others could read them.
+//! Server secrets: files created on first start with random bytes (hex
+//! text, mode 0600) beside the embedded database, read back on the next
+//! start and refused when group or others could read them; the secret
+//! given in an environment variable; and [`Secret`], which never prints.
+//!
+//! May depend on: std, getrandom, hex, thiserror.
 
-use std::io::Write as _;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read as _, Write as _};
 use std::path::{Path, PathBuf};
+
+/// Largest secret file read; a secret is a few dozen bytes of hex.
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
 /// A secret file is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("{file}: {error}")]
-    Io {
+    #[error("cannot read {file}")]
+    Read {
         file: PathBuf,
-        error: std::io::Error,
+        #[source]
+        source: std::io::Error,
     },
+    #[error("cannot create {file}")]
+    Create {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file exists but cannot be used; `problem` says why and what to do.
     #[error("{file}: {problem}")]
     Bad { file: PathBuf, problem: String },
+    #[error("the OS gave no random bytes: {0}")]
+    Random(getrandom::Error),
 }
 
-/// Reads the hex secret in `path`, or creates it with `bytes` random
-/// bytes. Returns the secret and whether it was created.
+/// Reads the hex secret in `path`, or, when there is no such file, creates
+/// it (and its directory, mode 0700) holding `bytes` random bytes as hex,
+/// mode 0600. Returns the secret and whether it was created.
 ///
 /// # Errors
-/// [`SecretError`] when the file cannot be read or written, holds no
-/// usable secret, or is readable by group or others.
+/// [`SecretError`] when the file cannot be read or created, is not hex,
+/// holds fewer than `bytes` bytes, or (unix) has a mode that lets group or
+/// others at it (the message says `chmod 600 <file>`).
 pub fn load_or_create_secret(path: &Path, bytes: usize) -> Result<(Vec<u8>, bool), SecretError> {
-    let io = |error| SecretError::Io {
-        file: path.to_path_buf(),
-        error,
-    };
-    let bad = |problem: String| SecretError::Bad {
+    if bytes == 0 {
+        return Err(bad(path, "a secret needs at least 1 byte".into()));
+    }
+    if let Some(secret) = read_secret(path, bytes)? {
+        return Ok((secret, false));
+    }
+    match create_secret(path, bytes)? {
+        Some(secret) => Ok((secret, true)),
+        // Another process created it between our read and create.
+        None => match read_secret(path, bytes)? {
+            Some(secret) => Ok((secret, false)),
+            None => Err(bad(path, "was removed while being created".into())),
+        },
+    }
+}
+
+/// The secret given in an environment variable (`SLUICE_JWT_SECRET`,
+/// `SLUICE_KEY_SECRET`): its raw UTF-8 bytes, not decoded and not trimmed,
+/// so `openssl rand -hex 32` gives a 64-byte secret and a trailing newline
+/// counts. `sluice token` and the server must read it the same way.
+pub fn decode_secret_env(value: &str) -> Vec<u8> {
+    value.as_bytes().to_vec()
+}
+
+fn bad(path: &Path, problem: String) -> SecretError {
+    SecretError::Bad {
         file: path.to_path_buf(),
         problem,
+    }
+}
+
+/// The secret in `path`, `None` when there is no such file.
+fn read_secret(path: &Path, min: usize) -> Result<Option<Vec<u8>>, SecretError> {
+    let read_err = |source| SecretError::Read {
+        file: path.to_path_buf(),
+        source,
     };
-    match std::fs::metadata(path) {
-        Ok(meta) => {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt as _;
-                let mode = meta.permissions().mode();
-                if mode & 0o077 != 0 {
-                    return Err(bad(format!(
-                        "mode {:o} lets others read this secret; run `chmod 600 {}`",
-                        mode & 0o777,
-                        path.display()
-                    )));
-                }
-            }
-            #[cfg(not(unix))]
-            let _ = meta;
-            let text = std::fs::read_to_string(path).map_err(io)?;
-            let secret = hex::decode(text.trim())
-                .map_err(|_| bad("must hold the secret in hex".to_string()))?;
-            if secret.len() < bytes {
-                return Err(bad(format!(
-                    "holds {} bytes; at least {bytes} are required",
-                    secret.len()
-                )));
-            }
-            Ok((secret, false))
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_err(e)),
+    };
+    // The mode of the file opened, not of whatever the path names later.
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(bad(path, "is not a regular file".into()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(bad(
+                path,
+                format!(
+                    "mode {mode:03o} lets group or others read this secret; run `chmod 600 {}`",
+                    path.display()
+                ),
+            ));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(io)?;
-            }
-            let mut secret = vec![0u8; bytes];
-            getrandom::fill(&mut secret).map_err(|e| bad(format!("no randomness: {e}")))?;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt as _;
-                options.mode(0o600);
-            }
-            let mut f = options.open(path).map_err(io)?;
-            f.write_all(hex::encode(&secret).as_bytes()).map_err(io)?;
-            f.write_all(b"\n").map_err(io)?;
-            f.sync_all().map_err(io)?;
-            Ok((secret, true))
+    }
+    if meta.len() > MAX_SECRET_FILE_BYTES {
+        return Err(bad(path, "is too large for a secret file".into()));
+    }
+    let mut text = String::new();
+    match file.take(MAX_SECRET_FILE_BYTES).read_to_string(&mut text) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::InvalidData => {
+            return Err(bad(path, "must hold the secret as hex text".into()));
         }
-        Err(e) => Err(io(e)),
+        Err(e) => return Err(read_err(e)),
+    }
+    let secret = hex::decode(text.trim())
+        .map_err(|_| bad(path, "must hold the secret as hex text".into()))?;
+    if secret.len() < min {
+        return Err(bad(
+            path,
+            format!(
+                "holds a {}-byte secret; at least {min} bytes are required",
+                secret.len()
+            ),
+        ));
+    }
+    Ok(Some(secret))
+}
+
+/// Creates `path` with a new secret; `None` when the file already exists.
+fn create_secret(path: &Path, bytes: usize) -> Result<Option<Vec<u8>>, SecretError> {
+    let create_err = |source| SecretError::Create {
+        file: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            builder.mode(0o700);
+        }
+        builder.create(dir).map_err(create_err)?;
+    }
+    let mut secret = vec![0u8; bytes];
+    getrandom::fill(&mut secret).map_err(SecretError::Random)?;
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = match options.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(None),
+        Err(e) => return Err(create_err(e)),
+    };
+    let mut text = hex::encode(&secret);
+    text.push('\n');
+    if let Err(e) = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+    {
+        // Leave no half-written secret for the next start to trip on.
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(create_err(e));
+    }
+    Ok(Some(secret))
+}
+
+/// Secret bytes that never show in `Debug` output or logs.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Secret {
+        Secret(bytes)
+    }
+
+    /// The secret of an environment variable, see [`decode_secret_env`].
+    pub fn from_env(value: &str) -> Secret {
+        Secret(decode_secret_env(value))
+    }
+
+    /// The secret bytes; keep them out of logs and errors.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<Vec<u8>> for Secret {
+    fn from(bytes: Vec<u8>) -> Secret {
+        Secret(bytes)
+    }
+}
+
+/// Parses like [`Secret::from_env`], so clap can fill a `Secret` field.
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret::from_env(s))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
     }
 }
 
@@ -86,52 +231,122 @@ pub fn load_or_create_secret(path: &Path, bytes: usize) -> Result<(Vec<u8>, bool
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    fn write_with_mode(p: &Path, body: &str, mode: u32) {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(p)
+            .unwrap();
+        f.write_all(body.as_bytes()).unwrap();
+        // The umask may have cleared bits the test asks for.
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
     #[test]
     fn created_once_with_mode_0600_then_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("sub/secret");
+        let p = dir.path().join("data/sub/secret");
         let (a, created) = load_or_create_secret(&p, 32).unwrap();
         assert!(created);
         assert_eq!(a.len(), 32);
+        assert_ne!(a, vec![0u8; 32]);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(hex::decode(text.trim()).unwrap(), a);
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt as _;
-            assert_eq!(
-                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(mode(&p), 0o600);
+            assert_eq!(mode(&dir.path().join("data")), 0o700);
         }
         let (b, created) = load_or_create_secret(&p, 32).unwrap();
         assert!(!created);
         assert_eq!(a, b);
+        // Two files never share a secret.
+        let (c, _) = load_or_create_secret(&dir.path().join("other"), 32).unwrap();
+        assert_ne!(a, c);
     }
 
     #[cfg(unix)]
     #[test]
-    fn refuses_a_world_readable_secret() {
-        use std::os::unix::fs::PermissionsExt as _;
+    fn refuses_a_group_or_world_readable_secret() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("secret");
-        load_or_create_secret(&p, 32).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        for m in [0o644, 0o640, 0o604, 0o660] {
+            let p = dir.path().join(format!("secret-{m:o}"));
+            write_with_mode(&p, &"ab".repeat(32), m);
+            let e = load_or_create_secret(&p, 32).unwrap_err().to_string();
+            assert!(e.contains(&format!("chmod 600 {}", p.display())), "{e}");
+            assert!(e.contains(&format!("{m:03o}")), "{e}");
+        }
+        // 0400 is fine: only the owner reads it.
+        let p = dir.path().join("readonly");
+        write_with_mode(&p, &"ab".repeat(32), 0o400);
+        assert_eq!(load_or_create_secret(&p, 32).unwrap().0, vec![0xab; 32]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn refuses_short_or_garbled_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, body, expect) in [
+            ("short", "abcd\n", "2-byte secret"),
+            ("garbled", "not hex!", "hex"),
+            ("odd", "abc", "hex"),
+            ("empty", "", "0-byte secret"),
+            ("binary", "\u{0}\u{1}", "hex"),
+        ] {
+            let p = dir.path().join(name);
+            write_with_mode(&p, body, 0o600);
+            let e = load_or_create_secret(&p, 32).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains(expect), "{name}: {e}");
+        }
+        let p = dir.path().join("not-utf8");
+        write_with_mode(&p, "", 0o600);
+        std::fs::write(&p, [0xff, 0xfe, 0x00]).unwrap();
         let e = load_or_create_secret(&p, 32).unwrap_err().to_string();
-        assert!(e.contains("chmod 600"), "{e}");
+        assert!(e.contains("hex"), "{e}");
     }
 
     #[test]
-    fn refuses_short_or_garbled_secrets() {
-        use std::os::unix::fs::OpenOptionsExt as _;
+    fn hex_with_surrounding_whitespace_is_read() {
         let dir = tempfile::tempdir().unwrap();
-        for (name, body) in [("short", "abcd"), ("garbled", "not hex!")] {
-            let p = dir.path().join(name);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&p)
-                .unwrap();
-            f.write_all(body.as_bytes()).unwrap();
-            assert!(load_or_create_secret(&p, 32).is_err(), "{name}");
-        }
+        let p = dir.path().join("secret");
+        load_or_create_secret(&p, 32).unwrap();
+        let body = format!("  {}\n\n", "0f".repeat(40));
+        std::fs::write(&p, body).unwrap();
+        assert_eq!(
+            load_or_create_secret(&p, 32).unwrap(),
+            (vec![0x0f; 40], false)
+        );
+    }
+
+    #[test]
+    fn a_directory_or_zero_bytes_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = load_or_create_secret(dir.path(), 32).unwrap_err();
+        assert!(e.to_string().contains("regular file"), "{e}");
+        let e = load_or_create_secret(&dir.path().join("s"), 0).unwrap_err();
+        assert!(matches!(e, SecretError::Bad { .. }), "{e}");
+        assert!(!dir.path().join("s").exists());
+    }
+
+    #[test]
+    fn env_secrets_are_raw_bytes_and_secret_never_prints() {
+        assert_eq!(decode_secret_env("ab cd\n"), b"ab cd\n".to_vec());
+        assert_eq!(decode_secret_env("é"), vec![0xc3, 0xa9]);
+        let s: Secret = "hunter2-hunter2".parse().unwrap();
+        assert_eq!(s.expose(), b"hunter2-hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(
+            format!("{:?}", Some(Secret::new(vec![1, 2]))),
+            "Some(Secret(***))"
+        );
     }
 }

@@ -1,0 +1,290 @@
+//! Checking admin tokens: [`AdminAuthConfig`] → [`AdminAuth`], whose
+//! [`AdminAuth::check`] turns a raw `authorization` header value and the
+//! scope a call needs into verified [`Claims`] or an [`AuthError`].
+//!
+//! May depend on: jsonwebtoken, serde_json; the sibling files of
+//! [`super`].
+
+use std::fmt;
+use std::path::PathBuf;
+
+use jsonwebtoken::Validation;
+use jsonwebtoken::errors::ErrorKind;
+use serde_json::Value;
+
+use super::keys::{self, Alg, VerifyKey};
+use super::token::{self, Unverified};
+use super::{AuthConfigError, AuthError, MAX_LEEWAY_SECS, MAX_SUBJECT_BYTES, Scope};
+
+/// How admin tokens are checked. No secret and no public key: the admin
+/// API is off. The secret and public keys may be configured together.
+#[derive(Clone, Default)]
+pub struct AdminAuthConfig {
+    /// The HS256 secret (`SLUICE_JWT_SECRET`, raw bytes), at least
+    /// [`super::MIN_SECRET_BYTES`].
+    pub hs256_secret: Option<Vec<u8>>,
+    /// A PEM public key (`--jwt-public-key`): RSA, EC P-256 or Ed25519.
+    pub public_key_pem: Option<PathBuf>,
+    /// A JWKS file (`--jwt-jwks`) of RSA, EC P-256 or Ed25519 keys.
+    pub jwks: Option<PathBuf>,
+    /// The `iss` every token must carry, when set.
+    pub issuer: Option<String>,
+    /// A value the `aud` of every token must hold, when set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, at most
+    /// [`MAX_LEEWAY_SECS`].
+    pub leeway_secs: u64,
+}
+
+impl fmt::Debug for AdminAuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminAuthConfig")
+            .field("hs256_secret", &self.hs256_secret.as_ref().map(|_| "***"))
+            .field("public_key_pem", &self.public_key_pem)
+            .field("jwks", &self.jwks)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_secs", &self.leeway_secs)
+            .finish()
+    }
+}
+
+/// The verified claims of an admin token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claims {
+    /// Who is acting: non-empty, at most [`MAX_SUBJECT_BYTES`], no control
+    /// characters.
+    pub sub: String,
+    /// The known scopes of the `scope` claim, in order, without repeats.
+    pub scopes: Vec<Scope>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+impl Claims {
+    /// Whether the token grants `scope`.
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+}
+
+/// Checks admin tokens. Built once at start; cheap to share (`Arc`).
+pub struct AdminAuth {
+    keys: Vec<VerifyKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: u64,
+}
+
+impl fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminAuth")
+            .field("keys", &self.keys)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
+}
+
+impl AdminAuth {
+    /// An `AdminAuth` that refuses every call with
+    /// [`AuthError::NotConfigured`].
+    pub fn disabled() -> AdminAuth {
+        AdminAuth {
+            keys: Vec::new(),
+            issuer: None,
+            audience: None,
+            leeway: 0,
+        }
+    }
+
+    /// Loads and checks the configured keys. None at all is not an error:
+    /// the result is [disabled](AdminAuth::is_enabled).
+    ///
+    /// # Errors
+    /// [`AuthConfigError`]: a secret under 32 bytes, a leeway over
+    /// [`MAX_LEEWAY_SECS`], or a key file that cannot be read or holds no
+    /// usable key (the error names the file and the problem).
+    pub fn from_config(c: &AdminAuthConfig) -> Result<AdminAuth, AuthConfigError> {
+        if c.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(AuthConfigError::Leeway {
+                secs: c.leeway_secs,
+            });
+        }
+        let mut keys = Vec::new();
+        if let Some(secret) = &c.hs256_secret {
+            keys.push(keys::hs256(secret)?);
+        }
+        if let Some(path) = &c.public_key_pem {
+            keys.push(keys::from_pem_file(path)?);
+        }
+        if let Some(path) = &c.jwks {
+            keys.extend(keys::from_jwks_file(path)?);
+        }
+        Ok(AdminAuth {
+            keys,
+            issuer: c.issuer.clone(),
+            audience: c.audience.clone(),
+            leeway: c.leeway_secs,
+        })
+    }
+
+    /// Whether any key is configured, i.e. whether the admin API is on.
+    pub fn is_enabled(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Checks `authorization`, the raw header value (`Bearer <jwt>`), and
+    /// that the token grants `needed`.
+    ///
+    /// # Errors
+    /// [`AuthError::NotConfigured`] when disabled,
+    /// [`AuthError::Unauthenticated`] for a missing or invalid token,
+    /// [`AuthError::PermissionDenied`] for a valid token without `needed`.
+    pub fn check(&self, authorization: Option<&str>, needed: Scope) -> Result<Claims, AuthError> {
+        let claims = self.authenticate(authorization)?;
+        if !claims.has(needed) {
+            return Err(AuthError::PermissionDenied { needed });
+        }
+        Ok(claims)
+    }
+
+    /// Checks `authorization` like [`AdminAuth::check`], without asking for
+    /// a scope.
+    ///
+    /// # Errors
+    /// [`AuthError::NotConfigured`] or [`AuthError::Unauthenticated`].
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Claims, AuthError> {
+        if !self.is_enabled() {
+            return Err(AuthError::NotConfigured);
+        }
+        let reject = |reason: &str| AuthError::Unauthenticated(reason.to_string());
+        let token = token::bearer_token(authorization).map_err(reject)?;
+        let head = token::inspect(token).map_err(reject)?;
+        let key = self.select(&head).map_err(reject)?;
+        let data = jsonwebtoken::decode::<Value>(token, &key.key, &self.validation(key.alg))
+            .map_err(|e| reject(reason(e.kind())))?;
+        claims(&data.claims).map_err(reject)
+    }
+
+    /// The key to verify a token with: the one of its algorithm named by
+    /// its `kid`; else the one of its algorithm without a kid (the secret,
+    /// the PEM key), which answers to any kid; else, for a token without a
+    /// kid, the only key of its algorithm.
+    fn select(&self, head: &Unverified) -> Result<&VerifyKey, &'static str> {
+        let family: Vec<&VerifyKey> = self.keys.iter().filter(|k| k.alg == head.alg).collect();
+        if family.is_empty() {
+            return Err(match head.alg {
+                Alg::Hs256 => "algorithm HS256 is not allowed for the configured keys",
+                Alg::Rs256 => "algorithm RS256 is not allowed for the configured keys",
+                Alg::Es256 => "algorithm ES256 is not allowed for the configured keys",
+                Alg::EdDsa => "algorithm EdDSA is not allowed for the configured keys",
+            });
+        }
+        if let Some(kid) = &head.kid
+            && let Some(k) = family.iter().find(|k| k.kid.as_ref() == Some(kid))
+        {
+            return Ok(k);
+        }
+        let unnamed: Vec<&&VerifyKey> = family.iter().filter(|k| k.kid.is_none()).collect();
+        match (&head.kid, unnamed.as_slice(), family.as_slice()) {
+            (_, [k], _) => Ok(k),
+            (Some(_), _, _) => Err("unknown kid"),
+            (None, _, [k]) => Ok(k),
+            (None, _, _) => Err("the token has no kid and several keys could verify it"),
+        }
+    }
+
+    fn validation(&self, alg: Alg) -> Validation {
+        let mut v = Validation::new(alg.jwt());
+        v.leeway = self.leeway;
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        match &self.issuer {
+            Some(iss) => {
+                v.set_issuer(&[iss]);
+                required.push("iss");
+            }
+            None => v.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                v.validate_aud = true;
+                required.push("aud");
+            }
+            None => v.validate_aud = false,
+        }
+        v.set_required_spec_claims(&required);
+        v
+    }
+}
+
+/// A client-safe reason for a failed decode.
+fn reason(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::ExpiredSignature => "token expired",
+        ErrorKind::ImmatureSignature => "token not valid yet (nbf is in the future)",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::InvalidAlgorithm => "algorithm not allowed for this key",
+        ErrorKind::MissingRequiredClaim(c) => match c.as_str() {
+            "exp" => "missing exp claim",
+            "sub" => "missing sub claim",
+            "iss" => "missing iss claim (an issuer is required)",
+            "aud" => "missing aud claim (an audience is required)",
+            _ => "missing a required claim",
+        },
+        ErrorKind::InvalidClaimFormat(c) => match c.as_str() {
+            "exp" => "malformed exp claim",
+            "nbf" => "malformed nbf claim",
+            _ => "malformed claim",
+        },
+        _ => "malformed token",
+    }
+}
+
+/// The claims sluice uses, from a verified payload.
+fn claims(payload: &Value) -> Result<Claims, &'static str> {
+    let sub = match payload.get("sub") {
+        Some(Value::String(s))
+            if !s.is_empty() && s.len() <= MAX_SUBJECT_BYTES && !s.contains(char::is_control) =>
+        {
+            s.clone()
+        }
+        _ => return Err("sub must be 1 to 256 bytes of text without control characters"),
+    };
+    // jsonwebtoken has checked exp (an integer or a float, RFC 7519
+    // NumericDate); a fraction is dropped.
+    let exp = match payload.get("exp") {
+        Some(Value::Number(n)) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f as u64)
+        }),
+        _ => None,
+    }
+    .ok_or("malformed exp claim")?;
+    let scopes = match payload.get("scope") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(list)) => Scope::parse_list(list),
+        // Some issuers write an array of scope words.
+        Some(Value::Array(words)) => {
+            let mut scopes = Vec::new();
+            for word in words {
+                let word = word.as_str().ok_or("malformed scope claim")?;
+                for s in Scope::parse_list(word) {
+                    if !scopes.contains(&s) {
+                        scopes.push(s);
+                    }
+                }
+            }
+            scopes
+        }
+        Some(_) => return Err("malformed scope claim"),
+    };
+    Ok(Claims { sub, scopes, exp })
+}

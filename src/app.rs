@@ -346,7 +346,7 @@ impl Application {
             Some(keys.clone()),
         ))
         .max_decoding_message_size(cfg.max_request_bytes);
-        let key_service = KeyServiceServer::new(KeyGrpc::new(keys.clone()))
+        let key_service = KeyServiceServer::new(KeyGrpc::new(keys.clone(), metrics.clone()))
             .max_decoding_message_size(cfg.max_request_bytes);
         let admin_service = AdminServiceServer::new(AdminGrpc::new(keys.clone(), auth))
             .max_decoding_message_size(cfg.max_request_bytes);

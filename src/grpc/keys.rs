@@ -10,16 +10,25 @@ use super::pb::sluice::v1::key_service_server::KeyService;
 use super::status::key_status;
 use crate::keys::{KeyManager, LimitReport, Verdict};
 use crate::store::CounterStore;
+use crate::telemetry::metrics::Metrics;
 
 /// The key-validation gRPC service.
 #[derive(Debug)]
 pub struct KeyGrpc<S> {
     keys: Arc<KeyManager<S>>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> KeyGrpc<S> {
-    pub fn new(keys: Arc<KeyManager<S>>) -> Self {
-        KeyGrpc { keys }
+    pub fn new(keys: Arc<KeyManager<S>>, metrics: Arc<Metrics>) -> Self {
+        KeyGrpc { keys, metrics }
+    }
+
+    fn count(&self, code: &'static str) {
+        self.metrics
+            .key_validations
+            .get_or_create(&vec![("code", code)])
+            .inc();
     }
 }
 
@@ -63,7 +72,11 @@ impl<S: CounterStore> KeyService for KeyGrpc<S> {
                 caller.as_deref(),
             )
             .await
-            .map_err(|e| key_status(&e))?;
+            .map_err(|e| {
+                self.count("ERROR");
+                key_status(&e)
+            })?;
+        self.count(code(v.verdict).as_str_name());
         let mut out = pb::ValidateKeyResponse {
             valid: v.verdict == Verdict::Valid,
             code: code(v.verdict).into(),

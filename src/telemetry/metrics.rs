@@ -8,6 +8,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
@@ -76,6 +77,9 @@ pub struct Metrics {
     pub config_load_success: Counter,
     /// Configuration loads that were rejected (the previous one kept serving).
     pub config_load_error: Counter,
+    /// ValidateKey answers by code (VALID, NOT_FOUND, ...; ERROR for a
+    /// failed call).
+    pub key_validations: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl Metrics {
@@ -316,6 +320,11 @@ pub fn registry(metrics: Arc<Metrics>, source: Arc<dyn StatsSource>) -> Registry
         "sluice_config_load_error",
         "Configuration loads rejected; the previous configuration kept serving",
         metrics.config_load_error.clone(),
+    );
+    registry.register(
+        "sluice_key_validations",
+        "ValidateKey answers by code",
+        metrics.key_validations.clone(),
     );
     registry.register_collector(Box::new(ServiceCollector { metrics, source }));
     registry

@@ -200,6 +200,22 @@ async fn key_lifecycle(kind: Kind) {
     assert_eq!(code(&v), pb::ValidationCode::RateLimited);
     assert!(!v.valid && v.limits[0].exceeded);
 
+    // Answers are counted by code.
+    let metrics = reqwest::get(s.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sluice_key_validations_total{code=\"VALID\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_key_validations_total{code=\"RATE_LIMITED\"} 1"),
+        "{metrics}"
+    );
+
     // Scopes; unknown and wrong keys say only NOT_FOUND.
     assert_eq!(
         code(&validate(&s, &secret, None, &["write"]).await),

@@ -29,6 +29,7 @@ use crate::grpc::pb::sluice::v1::key_service_server::KeyServiceServer;
 use crate::grpc::{AdminGrpc, KeyGrpc, RlsService};
 use crate::http::{self, HttpState};
 use crate::keys::hashing::KeyHasher;
+use crate::keys::notify::RedisBus;
 use crate::keys::repo::{Backend, Repository, redact};
 use crate::keys::{KeyManager, KeyOptions};
 use crate::store::redis::{RedisOptions, RedisStore, redacted};
@@ -253,12 +254,18 @@ impl Application {
             admin_api = auth.is_enabled(),
             "key store ready"
         );
-        let keys = Arc::new(KeyManager::new(
-            repo,
-            hasher,
-            engine.clone(),
-            cfg.keys.options,
-        ));
+        let mut keys = KeyManager::new(repo, hasher, engine.clone(), cfg.keys.options);
+        if let Some(r) = &cfg.redis {
+            let o = &r.options;
+            match RedisBus::connect(&o.url, o.password.as_deref(), &o.key_prefix).await {
+                Ok(bus) => keys = keys.with_bus(Arc::new(bus)),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "key changes will not be announced on Redis; other replicas see them at the cache TTL"
+                ),
+            }
+        }
+        let keys = Arc::new(keys);
         let auth = Arc::new(auth);
         let grpc = TcpListener::bind(cfg.grpc_addr)
             .await
@@ -424,6 +431,19 @@ impl Application {
                 },
             ))
         });
+        let redis_listener = cfg.redis.as_ref().map(|r| {
+            let keys = keys.clone();
+            let mut stop = keys_stop_rx.clone();
+            tokio::spawn(crate::keys::notify::listen_redis(
+                r.options.url.clone(),
+                r.options.password.clone(),
+                r.options.key_prefix.clone(),
+                keys,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ))
+        });
         tracing::info!(%grpc_addr, %http_addr, config = %cfg.config_path.display(), "sluice listening");
 
         shutdown.await;
@@ -458,7 +478,7 @@ impl Application {
         }
         // Requests are done (or abandoned): count them, then close.
         let _ = keys_stop_tx.send(true);
-        if let Some(l) = listener {
+        for l in [listener, redis_listener].into_iter().flatten() {
             let _ = l.await;
         }
         if let Err(e) = flusher.await {

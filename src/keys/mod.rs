@@ -193,6 +193,13 @@ impl Default for KeyOptions {
     }
 }
 
+/// Carries key and plan changes to other replicas (besides PostgreSQL's
+/// NOTIFY, which the repository sends itself).
+pub trait ChangeBus: Send + Sync + std::fmt::Debug + 'static {
+    /// Announces `payload` (a key id, `plan:<name>` or `*`); never blocks.
+    fn publish(&self, payload: String);
+}
+
 /// Keys, plans and their limits.
 #[derive(Debug)]
 pub struct KeyManager<S> {
@@ -204,6 +211,7 @@ pub struct KeyManager<S> {
     engine: Arc<Engine<S>>,
     clock: SystemClock,
     options: KeyOptions,
+    bus: Option<Arc<dyn ChangeBus>>,
 }
 
 fn now_ms(clock: &SystemClock) -> Millis {
@@ -226,6 +234,22 @@ impl<S: CounterStore> KeyManager<S> {
             engine,
             clock: SystemClock::default(),
             options,
+            bus: None,
+        }
+    }
+
+    /// Also announces changes on `bus`.
+    #[must_use]
+    pub fn with_bus(mut self, bus: Arc<dyn ChangeBus>) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// Drops local cache entries for a change and tells other replicas.
+    fn changed(&self, payload: String) {
+        self.apply_change(&payload);
+        if let Some(bus) = &self.bus {
+            bus.publish(payload);
         }
     }
 
@@ -514,7 +538,7 @@ impl<S: CounterStore> KeyManager<S> {
     pub async fn update_plan(&self, draft: PlanDraft, actor: &Actor) -> Result<Plan, KeyError> {
         let plan = checked_plan(draft, self.now())?;
         let stored = self.repo.update_plan(&plan, actor).await?;
-        self.cache.invalidate_plan(&stored.name);
+        self.changed(format!("plan:{}", stored.name));
         Ok(stored)
     }
 
@@ -631,7 +655,7 @@ impl<S: CounterStore> KeyManager<S> {
             });
         }
         let key = self.repo.update_key(id, &changes, actor, now).await?;
-        self.cache.invalidate_key(id);
+        self.changed(id.to_string());
         Ok(key)
     }
 
@@ -645,7 +669,7 @@ impl<S: CounterStore> KeyManager<S> {
     ) -> Result<ApiKey, KeyError> {
         validate::optional_text("reason", reason, validate::MAX_REASON)?;
         let key = self.repo.revoke_key(id, reason, actor, self.now()).await?;
-        self.cache.invalidate_key(id);
+        self.changed(id.to_string());
         Ok(key)
     }
 
@@ -681,7 +705,7 @@ impl<S: CounterStore> KeyManager<S> {
             .repo
             .rotate_key(id, &fresh.hash, &fresh.hint, until, actor, now)
             .await?;
-        self.cache.invalidate_key(id);
+        self.changed(id.to_string());
         Ok(RotatedKey {
             key,
             secret: fresh.secret,

@@ -6,7 +6,10 @@
 //! if the change commits). When the listening connection drops, messages
 //! may have been missed, so everything cached is dropped on reconnect.
 //!
-//! May depend on: `keys`, sqlx's PostgreSQL listener.
+//! Redis pub/sub carries them too when Redis is configured ([`RedisBus`],
+//! [`listen_redis`]).
+//!
+//! May depend on: `keys`, sqlx's PostgreSQL listener, fred.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -73,4 +76,133 @@ async fn connect(url: &str) -> Result<PgListener, sqlx::Error> {
     let mut l = PgListener::connect(url).await?;
     l.listen(NOTIFY_CHANNEL).await?;
     Ok(l)
+}
+
+/// Key-change notices over Redis pub/sub, for deployments whose replicas
+/// share Redis (the counter store) but not PostgreSQL's NOTIFY (SQLite
+/// files on a shared volume; or in addition to PostgreSQL).
+#[derive(Debug)]
+pub struct RedisBus {
+    client: fred::clients::Client,
+    channel: String,
+}
+
+/// The channel notices travel on, under the deployment's key prefix.
+pub fn redis_channel(prefix: &str) -> String {
+    format!("{prefix}:key-changes")
+}
+
+fn redis_config(url: &str, password: Option<&str>) -> Result<fred::types::config::Config, String> {
+    let mut config =
+        fred::types::config::Config::from_url(url).map_err(|e| e.details().to_string())?;
+    if let Some(p) = password {
+        config.password = Some(p.to_string());
+    }
+    Ok(config)
+}
+
+impl RedisBus {
+    /// Connects a publishing client.
+    ///
+    /// # Errors
+    /// A bad URL or an unreachable Redis, as a message.
+    pub async fn connect(
+        url: &str,
+        password: Option<&str>,
+        prefix: &str,
+    ) -> Result<RedisBus, String> {
+        use fred::interfaces::ClientLike as _;
+        let client = fred::types::Builder::from_config(redis_config(url, password)?)
+            .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(1))
+            .set_policy(fred::types::config::ReconnectPolicy::new_exponential(
+                0, 50, 2_000, 2,
+            ))
+            .build()
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(5), client.init())
+            .await
+            .map_err(|_| "timed out connecting".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(RedisBus {
+            client,
+            channel: redis_channel(prefix),
+        })
+    }
+}
+
+impl super::ChangeBus for RedisBus {
+    fn publish(&self, payload: String) {
+        use fred::interfaces::PubsubInterface as _;
+        let client = self.client.clone();
+        let channel = self.channel.clone();
+        tokio::spawn(async move {
+            let sent: Result<i64, _> = client.publish(channel, payload).await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "cannot announce a key change on Redis; other replicas catch up at the cache TTL");
+            }
+        });
+    }
+}
+
+/// Applies key-change notices from Redis pub/sub until `stop` resolves.
+/// fred resubscribes after a reconnect; everything cached is dropped then,
+/// since notices may have been missed.
+pub async fn listen_redis<S: CounterStore>(
+    url: String,
+    password: Option<String>,
+    prefix: String,
+    keys: Arc<KeyManager<S>>,
+    stop: impl Future<Output = ()>,
+) {
+    use fred::interfaces::{ClientLike as _, EventInterface as _, PubsubInterface as _};
+    tokio::pin!(stop);
+    let config = match redis_config(&url, password.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "key-change listener: bad Redis URL");
+            return;
+        }
+    };
+    let subscriber = match fred::types::Builder::from_config(config)
+        .set_policy(fred::types::config::ReconnectPolicy::new_exponential(
+            0, 50, 2_000, 2,
+        ))
+        .build_subscriber_client()
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "key-change listener: cannot build a Redis client");
+            return;
+        }
+    };
+    let mut messages = subscriber.message_rx();
+    let mut reconnects = subscriber.reconnect_rx();
+    let _connection = subscriber.init().await;
+    let _manager = subscriber.manage_subscriptions();
+    let channel = redis_channel(&prefix);
+    if let Err(e) = subscriber.subscribe(channel.clone()).await {
+        tracing::warn!(error = %e, "cannot subscribe to key changes yet; retried on reconnect");
+    } else {
+        tracing::info!(%channel, "listening for key changes on Redis");
+    }
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            m = messages.recv() => match m {
+                Ok(m) => {
+                    if let Some(payload) = m.value.as_str() {
+                        keys.apply_change(&payload);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => keys.apply_change("*"),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            r = reconnects.recv() => {
+                if r.is_ok() {
+                    keys.apply_change("*");
+                }
+            }
+        }
+    }
+    let _ = subscriber.quit().await;
 }

@@ -821,3 +821,34 @@ fn the_cli_manages_plans_and_keys() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SLUICE_TOKEN"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_redis_a_revocation_reaches_a_replica_on_a_shared_sqlite_file() {
+    // No PostgreSQL NOTIFY here: the notice travels on Redis pub/sub.
+    let redis = crate::support::redis::RedisServer::start();
+    let url = redis.url();
+    let db = TestDb::new(Kind::Sqlite).await;
+    let args = ["--redis-url", url.as_str(), "--redis-timeout", "250"];
+    let a_node = start(&db, &args);
+    let b_node = start(&db, &args);
+    let mut a = Admin::new(&a_node, "all").await;
+    create_plan(&mut a, "p", vec![limit(1000, pb::Unit::Minute)]).await;
+    let (key, secret) = create_key(&mut a, "p", &[]).await;
+    assert_eq!(
+        code(&validate(&b_node, &secret, None, &[]).await),
+        pb::ValidationCode::Valid
+    );
+    let r = a.req(pb::RevokeKeyRequest {
+        id: key.id,
+        reason: String::new(),
+    });
+    a.client.revoke_key(r).await.unwrap();
+    let seen = eventually(Duration::from_secs(1), || async {
+        code(&validate(&b_node, &secret, None, &[]).await) == pb::ValidationCode::Revoked
+    })
+    .await;
+    assert!(
+        seen,
+        "replica B still accepted the key 1 s after revocation"
+    );
+}

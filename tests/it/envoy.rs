@@ -150,12 +150,7 @@ async fn envoy_enforces_sluice_limits() {
     }
 
     // sluice saw the decisions (Envoy did not fail open).
-    let metrics = reqwest::get(sluice.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = sluice.metrics().await;
     assert!(
         metrics.contains("sluice_rule_over_limit_total{key=\"edge.generic_key_limited\"} 1"),
         "{metrics}"

@@ -99,12 +99,7 @@ async fn per_value_metrics_are_capped() {
         let b = json!({"domain": "web", "descriptors": [{"entries": [{"key": "client", "value": format!("c{i}")}]}]}).to_string();
         post(&s, &b).await;
     }
-    let text = reqwest::get(s.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     let series = text
         .lines()
         .filter(|l| l.starts_with("sluice_rule_total_hits_total{key=\"web.client_c"))
@@ -127,12 +122,7 @@ async fn memory_only_live_counters_are_capped_and_overflow_is_metered() {
         let b = json!({"domain": "web", "descriptors": [{"entries": [{"key": "client", "value": format!("v{i}")}]}]}).to_string();
         assert_eq!(post(&s, &b).await.0, 200);
     }
-    let text = reqwest::get(s.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     assert!(text.contains("sluice_counters_live 10"), "{text}");
     assert!(text.contains("sluice_counters_overflow_total 15"), "{text}");
 }

@@ -254,12 +254,7 @@ async fn failure_modes_while_redis_is_down_and_recovery() {
     let (code, body) = ready(&local).await;
     assert_eq!(code, 200);
     assert!(body.contains("degraded"), "{body}");
-    let metrics = reqwest::get(deny.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = deny.metrics().await;
     assert!(metrics.contains("sluice_store_degraded 1"), "{metrics}");
 
     redis.start_again();

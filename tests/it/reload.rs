@@ -31,12 +31,7 @@ descriptors:
 "#;
 
 async fn metric(s: &Sluice, name: &str) -> String {
-    let text = reqwest::get(s.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     text.lines()
         .find(|l| l.starts_with(name))
         .unwrap_or("")

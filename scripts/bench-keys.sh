@@ -17,6 +17,7 @@ PG=${SLUICE_BENCH_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/post
 N=${N:-100000}
 GRPC=127.0.0.1:18581
 HTTP=127.0.0.1:18580
+ADMIN=127.0.0.1:18582
 work=$(mktemp -d)
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -35,7 +36,7 @@ printf 'domain: bench\ndescriptors: []\n' > "$work/config.yaml"
 
 start() {
     "$BIN" serve --config "$work/config.yaml" --grpc-addr $GRPC --http-addr $HTTP \
-        --database-url "$base/$db" --failed-validations-per-minute 0 --log-level warn "$@" &
+        --admin-grpc-addr $ADMIN --database-url "$base/$db" --failed-validations-per-minute 0 --log-level warn "$@" &
     pid=$!
     for _ in $(seq 100); do
         (exec 3<>/dev/tcp/127.0.0.1/${GRPC#*:}) 2>/dev/null && return
@@ -46,7 +47,7 @@ start() {
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
 
 start
-export SLUICE_ADDR=http://$GRPC SLUICE_TOKEN=$("$BIN" token --scope all --ttl 10m)
+export SLUICE_ADDR=http://$ADMIN SLUICE_TOKEN=$("$BIN" token --scope all --ttl 10m)
 "$BIN" plans create bench --limit 1000000000/hour >/dev/null
 secret=$("$BIN" keys create --name bench --owner bench --plan bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
 

@@ -78,7 +78,7 @@ done
 cluster_url="redis-cluster://127.0.0.1:${CLUSTER_PORTS[0]}?node=127.0.0.1:${CLUSTER_PORTS[1]}&node=127.0.0.1:${CLUSTER_PORTS[2]}"
 
 serve() { # grpc-port http-port [redis-url]
-    local args=(serve --config benches/load/ --grpc-addr "127.0.0.1:$1" --http-addr "127.0.0.1:$2" --log-level warn)
+    local args=(serve --config benches/load/ --grpc-addr "127.0.0.1:$1" --http-addr "127.0.0.1:$2" --admin-grpc-addr "" --log-level warn)
     # A timeout long enough that no decision falls back to the failure mode
     # under this load (sluice_store_degraded_checks_total is reported).
     [ -n "${3:-}" ] && args+=(--redis-url "$3" --redis-timeout 200)

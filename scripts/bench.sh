@@ -47,7 +47,7 @@ PY
 }
 
 ./target/release/sluice serve --config benches/load/ --grpc-addr "$SLUICE_ADDR" \
-    --http-addr 127.0.0.1:18080 --log-level warn &
+    --http-addr 127.0.0.1:18080 --admin-grpc-addr "" --log-level warn &
 pids+=($!); sluice_pid=$!
 ./target/release/examples/ceiling "$CEILING_ADDR" >/dev/null &
 pids+=($!); ceiling_pid=$!

@@ -1,8 +1,9 @@
 //! Composition root: builds the concrete parts (memory store, engine,
-//! gRPC and HTTP servers, config watcher) and runs them until shutdown.
+//! the data-plane gRPC server, the admin gRPC server on its own listener,
+//! the HTTP server, config watcher) and runs them until shutdown.
 //!
 //! Shutdown: health turns NOT_SERVING and readiness fails, new RPCs are
-//! answered UNAVAILABLE, both servers stop accepting and let in-flight
+//! answered UNAVAILABLE, the servers stop accepting and let in-flight
 //! requests finish; after `drain_timeout` whatever is left is dropped.
 
 use std::future::Future;
@@ -15,7 +16,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
+use tonic_reflection::server as reflection;
 
 use crate::auth::secrets::load_or_create_secret;
 use crate::auth::{AdminAuth, AdminAuthConfig};
@@ -43,6 +46,8 @@ pub struct ServeConfig {
     pub config_path: PathBuf,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The admin API's own gRPC listener; `None` turns the admin API off.
+    pub admin_grpc_addr: Option<SocketAddr>,
     pub headers: HeaderMode,
     pub shadow_mode: bool,
     pub merge_domains: bool,
@@ -182,6 +187,7 @@ pub struct Application {
     cfg: ServeConfig,
     grpc: TcpListener,
     http: TcpListener,
+    admin: Option<TcpListener>,
     engine: Arc<Engine<Store>>,
     stats: Arc<StatsRegistry>,
     metrics: Arc<Metrics>,
@@ -273,10 +279,27 @@ impl Application {
         let http = TcpListener::bind(cfg.http_addr)
             .await
             .with_context(|| format!("cannot bind the HTTP address {}", cfg.http_addr))?;
+        let admin = match cfg.admin_grpc_addr {
+            None => None,
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind the admin gRPC address {addr}"))?,
+            ),
+        };
+        if let Some(addr) = cfg.admin_grpc_addr
+            && !addr.ip().is_loopback()
+        {
+            tracing::warn!(
+                admin_grpc_addr = %addr,
+                "the admin API listens beyond loopback without TLS: bearer tokens and new key secrets cross the network in clear"
+            );
+        }
         Ok(Application {
             cfg,
             grpc,
             http,
+            admin,
             engine,
             stats,
             metrics,
@@ -303,6 +326,14 @@ impl Application {
         self.http.local_addr()
     }
 
+    /// The bound admin gRPC address, if the admin API is on.
+    ///
+    /// # Errors
+    /// When the OS cannot tell.
+    pub fn admin_grpc_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.admin.as_ref().map(TcpListener::local_addr).transpose()
+    }
+
     /// Serves until `shutdown` completes, then drains.
     ///
     /// # Errors
@@ -315,6 +346,7 @@ impl Application {
             cfg,
             grpc,
             http,
+            admin,
             engine,
             stats,
             metrics,
@@ -335,16 +367,17 @@ impl Application {
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::grpc::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("cannot build gRPC reflection (v1)")?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::grpc::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .context("cannot build gRPC reflection (v1alpha)")?;
+        // Each listener's reflection lists only what that listener serves.
+        let data_plane = [
+            <RateLimitServiceServer<RlsService<Store>> as NamedService>::NAME,
+            <KeyServiceServer<KeyGrpc<Store>> as NamedService>::NAME,
+            HEALTH_SERVICE,
+        ];
+        let admin_plane = [
+            <AdminServiceServer<AdminGrpc<Store>> as NamedService>::NAME,
+            HEALTH_SERVICE,
+        ];
+        let (reflection_v1, reflection_v1alpha) = reflection(&data_plane)?;
 
         let rls = RateLimitServiceServer::new(RlsService::new(
             engine.clone(),
@@ -360,24 +393,43 @@ impl Application {
         health
             .set_serving::<KeyServiceServer<KeyGrpc<Store>>>()
             .await;
-        health
-            .set_serving::<AdminServiceServer<AdminGrpc<Store>>>()
-            .await;
+        if admin.is_some() {
+            health
+                .set_serving::<AdminServiceServer<AdminGrpc<Store>>>()
+                .await;
+        }
 
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
+        let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
         let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
         let mut grpc_stop = stop_rx.clone();
         let grpc_server = tonic::transport::Server::builder()
             .add_service(rls)
             .add_service(key_service)
-            .add_service(admin_service)
-            .add_service(health_service)
+            .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_stop.wait_for(|s| *s).await;
             });
+        let admin_task = match admin {
+            None => None,
+            Some(listener) => {
+                let (reflection_v1, reflection_v1alpha) = reflection(&admin_plane)?;
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                let mut admin_stop = stop_rx.clone();
+                let server = tonic::transport::Server::builder()
+                    .add_service(admin_service)
+                    .add_service(health_service)
+                    .add_service(reflection_v1)
+                    .add_service(reflection_v1alpha)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = admin_stop.wait_for(|s| *s).await;
+                    });
+                Some(tokio::spawn(server))
+            }
+        };
 
         let health_task = tokio::spawn(follow_store_health(engine.clone(), health.clone()));
         let registry = metrics::registry(metrics.clone(), engine.clone());
@@ -444,7 +496,8 @@ impl Application {
                 },
             ))
         });
-        tracing::info!(%grpc_addr, %http_addr, config = %cfg.config_path.display(), "sluice listening");
+        let admin_grpc_addr = admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        tracing::info!(%grpc_addr, %http_addr, %admin_grpc_addr, config = %cfg.config_path.display(), "sluice listening");
 
         shutdown.await;
         tracing::info!(drain_timeout = ?cfg.drain_timeout, "shutting down: draining in-flight requests");
@@ -463,15 +516,23 @@ impl Application {
         let drained = tokio::time::timeout(cfg.drain_timeout, async {
             let g = grpc_task.await;
             let h = http_task.await;
-            (g, h)
+            let a = match admin_task {
+                Some(t) => Some(t.await),
+                None => None,
+            };
+            (g, h, a)
         })
         .await;
         match drained {
-            Ok((g, h)) => {
+            Ok((g, h, a)) => {
                 g.context("gRPC server task failed")?
                     .context("gRPC server failed")?;
                 h.context("HTTP server task failed")?
                     .context("HTTP server failed")?;
+                if let Some(a) = a {
+                    a.context("admin gRPC server task failed")?
+                        .context("admin gRPC server failed")?;
+                }
                 tracing::info!("drained; stopped");
             }
             Err(_) => tracing::warn!("drain timeout reached; stopping with requests still open"),
@@ -490,6 +551,34 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// The name the gRPC health service is served under.
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// Reflection (v1 and v1alpha) listing exactly `services`.
+fn reflection(
+    services: &[&str],
+) -> anyhow::Result<(
+    reflection::v1::ServerReflectionServer<impl reflection::v1::ServerReflection>,
+    reflection::v1alpha::ServerReflectionServer<impl reflection::v1alpha::ServerReflection>,
+)> {
+    let builder = || {
+        let mut b = reflection::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::grpc::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for s in services {
+            b = b.with_service_name(*s);
+        }
+        b
+    };
+    let v1 = builder()
+        .build_v1()
+        .context("cannot build gRPC reflection (v1)")?;
+    let v1alpha = builder()
+        .build_v1alpha()
+        .context("cannot build gRPC reflection (v1alpha)")?;
+    Ok((v1, v1alpha))
 }
 
 /// Keeps gRPC health in step with the counter store: NOT_SERVING while a

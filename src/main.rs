@@ -124,6 +124,21 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// A listen address, or "" for none.
+#[derive(Debug, Clone, Copy)]
+struct ListenAddr(Option<SocketAddr>);
+
+impl std::str::FromStr for ListenAddr {
+    type Err = std::net::AddrParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().is_empty() {
+            Ok(ListenAddr(None))
+        } else {
+            s.parse().map(|a| ListenAddr(Some(a)))
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormatArg {
     Json,
@@ -141,6 +156,10 @@ struct ServeArgs {
     /// HTTP listen address (/healthz, /readyz, /metrics, /json).
     #[arg(long, env = "SLUICE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
+    /// The admin API's own gRPC listener (AdminService, health, reflection);
+    /// "" turns the admin API off. Beyond loopback, give it TLS.
+    #[arg(long, env = "SLUICE_ADMIN_GRPC_ADDR", default_value = "127.0.0.1:8082")]
+    admin_grpc_addr: ListenAddr,
     /// Rate-limit headers to add to responses.
     #[arg(
         long,
@@ -412,6 +431,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config_path: args.config,
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
+        admin_grpc_addr: args.admin_grpc_addr.0,
         headers: match args.response_headers {
             HeadersArg::None => HeaderMode::None,
             HeadersArg::Draft03 => HeaderMode::Draft03,

@@ -24,12 +24,12 @@ pub use spec::{parse_duration, parse_limit, render_limit};
 /// How to reach the admin API.
 #[derive(Debug, Clone, Args)]
 pub struct Conn {
-    /// The sluice gRPC address.
+    /// The sluice admin gRPC address (`serve --admin-grpc-addr`).
     #[arg(
         long,
         global = true,
         env = "SLUICE_ADDR",
-        default_value = "http://127.0.0.1:8081"
+        default_value = "http://127.0.0.1:8082"
     )]
     pub addr: String,
     /// Admin token (from `sluice token`).

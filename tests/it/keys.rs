@@ -55,7 +55,7 @@ pub(crate) fn start_config(db: &TestDb, config: &str, extra: &[&str]) -> Sluice 
     )
 }
 
-fn token(scopes: &str) -> String {
+pub(crate) fn token(scopes: &str) -> String {
     let out = Command::new(BIN)
         .args([
             "token",
@@ -85,7 +85,7 @@ pub(crate) struct Admin {
 impl Admin {
     pub(crate) async fn new(s: &Sluice, scopes: &str) -> Admin {
         Admin {
-            client: AdminServiceClient::new(s.channel().await),
+            client: AdminServiceClient::new(s.admin_channel().await),
             token: token(scopes),
         }
     }
@@ -492,7 +492,7 @@ async fn bad_input_names_the_field(kind: Kind) {
 async fn admin_tokens_are_checked() {
     let db = TestDb::new(Kind::Sqlite).await;
     let s = start(&db, &[]);
-    let mut c = AdminServiceClient::new(s.channel().await);
+    let mut c = AdminServiceClient::new(s.admin_channel().await);
     let call = |auth: Option<String>| {
         let mut r = tonic::Request::new(pb::ListPlansRequest::default());
         if let Some(a) = auth {
@@ -547,7 +547,7 @@ async fn postgres_without_an_admin_key_disables_the_admin_api() {
             ..Opts::default()
         },
     );
-    let mut c = AdminServiceClient::new(s.channel().await);
+    let mut c = AdminServiceClient::new(s.admin_channel().await);
     let e = c
         .list_plans(pb::ListPlansRequest::default())
         .await
@@ -750,7 +750,7 @@ fn the_cli_manages_plans_and_keys() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(TestDb::new(Kind::Sqlite));
     let s = start(&db, &[]);
-    let addr = format!("http://{}", s.grpc_addr);
+    let addr = format!("http://{}", s.admin_addr.unwrap());
     let tok = token("all");
     let cli = |args: &[&str]| {
         let out = Command::new(BIN)

@@ -10,6 +10,7 @@
 
 mod support;
 
+mod admin_listener;
 mod check_config;
 mod concurrency;
 mod envoy;

@@ -28,8 +28,12 @@ pub struct Sluice {
     pub child: Child,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The admin listener, unless turned off with `--admin-grpc-addr ""`.
+    pub admin_addr: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    /// Log lines up to and including "sluice listening".
+    pub startup: Vec<String>,
     pub logs: mpsc::Receiver<String>,
 }
 
@@ -86,12 +90,21 @@ impl Sluice {
                 format!("sqlite://{}/data/sluice.db", dir.path().display()),
             ]
         };
+        // An admin listener of this test's own, unless the test picks one.
+        let admin = if opts.args.contains(&"--admin-grpc-addr")
+            || opts.env.iter().any(|(k, _)| *k == "SLUICE_ADMIN_GRPC_ADDR")
+        {
+            Vec::new()
+        } else {
+            vec!["--admin-grpc-addr", "127.0.0.1:0"]
+        };
         cmd.arg("serve")
             .args(&store)
             .args(&db)
             .arg("--config")
             .arg(&config_path)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(&admin)
             .args(["--log-format", "text", "--log-level", "info"])
             .args(opts.args)
             .stdout(Stdio::piped())
@@ -129,12 +142,21 @@ impl Sluice {
                     if line.contains("sluice listening") {
                         let grpc_addr = field(&line, "grpc_addr=").parse().unwrap();
                         let http_addr = field(&line, "http_addr=").parse().unwrap();
+                        let admin_addr = match field(&line, "admin_grpc_addr=") {
+                            "off" => None,
+                            a => Some(a.parse().unwrap()),
+                        };
                         return Sluice {
                             child,
                             grpc_addr,
                             http_addr,
+                            admin_addr,
                             dir,
                             config_path,
+                            startup: {
+                                seen.push(line);
+                                seen
+                            },
                             logs: rx,
                         };
                     }
@@ -157,6 +179,18 @@ impl Sluice {
 
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// A channel to the admin listener.
+    pub async fn admin_channel(&self) -> Channel {
+        let addr = self.admin_addr.expect("the admin listener is on");
+        Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))

@@ -57,6 +57,9 @@ enum Command {
     Usage(sluice::cli::UsageArgs),
     /// Show the admin audit trail, newest first.
     Audit(sluice::cli::AuditArgs),
+    /// Check a running sluice: gRPC health, then one ShouldRateLimit that
+    /// spends nothing (what `helm test` runs).
+    Probe(sluice::cli::ProbeArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -298,6 +301,7 @@ fn main() -> ExitCode {
         Command::Plans(args) => sluice::cli::run(sluice::cli::Command::Plans(args)),
         Command::Usage(args) => sluice::cli::run(sluice::cli::Command::Usage(args)),
         Command::Audit(args) => sluice::cli::run(sluice::cli::Command::Audit(args)),
+        Command::Probe(args) => sluice::cli::run(sluice::cli::Command::Probe(args)),
     }
 }
 

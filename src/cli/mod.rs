@@ -1,11 +1,14 @@
-//! The admin client commands: `sluice keys|plans|usage|audit`, talking to
-//! the admin gRPC API with a bearer token, printing tables or protojson.
+//! The client commands: `sluice keys|plans|usage|audit`, talking to
+//! the admin gRPC API with a bearer token, printing tables or protojson;
+//! and `sluice probe` ([`probe`]), the health-and-decision check.
 //!
 //! Argument parsing and request building are pure functions (tested
 //! here); only [`run`] does I/O.
 //!
-//! May depend on: the generated `sluice.v1` client and types.
+//! May depend on: the generated `sluice.v1`, Envoy rate-limit and health
+//! clients and types.
 
+pub mod probe;
 pub mod spec;
 
 use std::process::ExitCode;
@@ -19,6 +22,7 @@ use tonic::transport::Channel;
 use crate::grpc::pb::sluice::v1 as pb;
 use crate::grpc::pb::sluice::v1::admin_service_client::AdminServiceClient;
 
+pub use probe::ProbeArgs;
 pub use spec::{parse_duration, parse_limit, render_limit};
 
 /// How to reach the admin API.
@@ -226,6 +230,7 @@ pub enum Command {
     Plans(PlansArgs),
     Usage(UsageArgs),
     Audit(AuditArgs),
+    Probe(ProbeArgs),
 }
 
 /// A command failed before or after talking to the server.
@@ -279,15 +284,7 @@ struct Client {
 
 impl Client {
     async fn connect(conn: &Conn) -> Result<Client, CliError> {
-        let err = |e: &dyn std::fmt::Display| CliError::Connect {
-            addr: conn.addr.clone(),
-            error: e.to_string(),
-        };
-        let endpoint = Channel::from_shared(conn.addr.clone())
-            .map_err(|e| err(&e))?
-            .timeout(Duration::from_secs(conn.timeout.max(1)))
-            .connect_timeout(Duration::from_secs(conn.timeout.max(1)));
-        let channel = endpoint.connect().await.map_err(|e| err(&e))?;
+        let channel = channel(&conn.addr, Duration::from_secs(conn.timeout.max(1))).await?;
         let token = match &conn.token {
             None => None,
             Some(t) => Some(
@@ -312,6 +309,22 @@ impl Client {
     }
 }
 
+/// A channel to `addr`, every call and the connection bounded by `timeout`.
+///
+/// # Errors
+/// A bad address, or no connection within `timeout`.
+pub async fn channel(addr: &str, timeout: Duration) -> Result<Channel, CliError> {
+    let err = |e: &dyn std::fmt::Display| CliError::Connect {
+        addr: addr.to_owned(),
+        error: e.to_string(),
+    };
+    let endpoint = Channel::from_shared(addr.to_owned())
+        .map_err(|e| err(&e))?
+        .timeout(timeout)
+        .connect_timeout(timeout);
+    endpoint.connect().await.map_err(|e| err(&e))
+}
+
 fn usage(e: impl std::fmt::Display) -> CliError {
     CliError::Usage(e.to_string())
 }
@@ -327,6 +340,7 @@ async fn execute(command: Command) -> Result<String, CliError> {
         Command::Plans(a) => plans(a).await,
         Command::Usage(a) => usage_cmd(a).await,
         Command::Audit(a) => audit(a).await,
+        Command::Probe(a) => probe::probe(a).await,
     }
 }
 

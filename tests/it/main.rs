@@ -18,6 +18,7 @@ mod grpcurl;
 mod http;
 mod keys;
 mod lifecycle;
+mod probe;
 mod redis_fixtures_selftest;
 mod redis_store;
 mod reload;

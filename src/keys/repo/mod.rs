@@ -1,0 +1,286 @@
+//! The key store: plans, keys, secrets, daily usage and audit events in
+//! PostgreSQL or SQLite, through sqlx's Any driver.
+//!
+//! One set of queries serves both databases: times are BIGINT
+//! milliseconds, lists and objects are JSON text, booleans are 0/1, and
+//! every statement is a constant with bound parameters (no SQL is built
+//! from input). Rows are read into named row structs (`sqlx::FromRow`),
+//! never by column index.
+//!
+//! Every admin change goes through one unit of work, [`Work`]: it begins
+//! the transaction, and its only way to commit, [`Work::commit`], takes the
+//! change's audit event and its change notice, writes the event, sends the
+//! notice (PostgreSQL NOTIFY, delivered only if the change commits) and
+//! commits, so no change can leave out a step.
+//!
+//! Files, one per table group:
+//! * `plans.rs`: `plans`.
+//! * `keys.rs`: `api_keys` and `key_secrets`.
+//! * `usage.rs`: `usage_daily` and `api_keys.last_used_at`.
+//! * `audit.rs`: `audit_events`.
+//!
+//! May depend on: `keys::model`, sqlx. Knows nothing of gRPC or caching.
+
+mod audit;
+mod keys;
+mod plans;
+mod usage;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+use super::model::{Actor, Millis, PlanLimit, StoredLimit};
+
+pub use keys::{Found, KeyChanges, KeyFilter};
+pub use usage::UsageDelta;
+
+/// The channel key changes are announced on (PostgreSQL).
+pub const NOTIFY_CHANNEL: &str = "sluice_keys";
+
+/// Which database is behind the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A key-store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("unsupported database URL {0:?}: use postgres://... or sqlite://...")]
+    Scheme(String),
+    #[error("key store: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migrating the key store: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row in {table}: {what}")]
+    Corrupt { table: &'static str, what: String },
+}
+
+/// What a change found.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("no plan named {0:?}")]
+    NoSuchPlan(String),
+    #[error("plan {name:?} is used by {keys} key(s); move or revoke them first")]
+    PlanInUse { name: String, keys: i64 },
+    #[error("key {0} is revoked; a revoked key cannot change")]
+    Revoked(String),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+impl From<sqlx::Error> for ChangeError {
+    fn from(e: sqlx::Error) -> ChangeError {
+        ChangeError::Repo(RepoError::Db(e))
+    }
+}
+
+/// The key store.
+#[derive(Clone, Debug)]
+pub struct Repository {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Repository {
+    /// Connects (a SQLite file is created if missing).
+    ///
+    /// # Errors
+    /// [`RepoError::Scheme`] for another URL; [`RepoError::Db`] when the
+    /// database cannot be reached.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Repository, RepoError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(RepoError::Scheme(redact(url)));
+        };
+        let url = match backend {
+            // Create the file on first start.
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_string(),
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // Readers never wait for the writer; writers wait
+                        // for each other instead of failing.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Repository { pool, backend })
+    }
+
+    pub const fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies pending migrations. On PostgreSQL, concurrent callers
+    /// (replicas starting together) serialize on an advisory lock.
+    ///
+    /// # Errors
+    /// [`RepoError::Migrate`] when a migration fails or the database holds
+    /// migrations this binary does not know.
+    pub async fn migrate(&self) -> Result<(), RepoError> {
+        match self.backend {
+            Backend::Postgres => {
+                sqlx::migrate!("migrations/postgres")
+                    .run(&self.pool)
+                    .await?
+            }
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Closes the pool, waiting for connections in use.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Begins an admin change.
+    async fn begin(&self) -> Result<Work, ChangeError> {
+        Ok(Work {
+            tx: self.pool.begin().await?,
+            backend: self.backend,
+        })
+    }
+}
+
+// === the unit of work ===
+
+/// What other replicas are told when a change commits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// Nothing anyone could have cached changed (a new key or plan, a
+    /// deleted plan no key uses).
+    None,
+    /// A key changed: its id.
+    Key(String),
+    /// A plan changed: every key on it.
+    Plan(String),
+}
+
+impl Notice {
+    /// The payload on the wire: a key id, `plan:<name>`.
+    pub fn payload(&self) -> Option<String> {
+        match self {
+            Notice::None => None,
+            Notice::Key(id) => Some(id.clone()),
+            Notice::Plan(name) => Some(format!("plan:{name}")),
+        }
+    }
+}
+
+/// The audit event of a change.
+#[derive(Debug)]
+struct Audit<'a> {
+    actor: &'a Actor,
+    action: &'static str,
+    target: String,
+    details: serde_json::Value,
+    at: Millis,
+}
+
+/// One admin change in progress: an open transaction. Dropped without
+/// [`Work::commit`], it rolls back.
+struct Work {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+}
+
+impl Work {
+    /// The transaction's connection, for the change's statements.
+    fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
+
+    /// Writes the audit event, sends the notice (PostgreSQL: NOTIFY in the
+    /// same transaction, so it is delivered only if the change commits)
+    /// and commits.
+    async fn commit(mut self, audit: Audit<'_>, notice: &Notice) -> Result<(), sqlx::Error> {
+        audit::insert(&mut self.tx, &audit).await?;
+        if self.backend == Backend::Postgres
+            && let Some(payload) = notice.payload()
+        {
+            sqlx::query("SELECT pg_notify($1, $2)::text")
+                .bind(NOTIFY_CHANNEL)
+                .bind(payload)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        self.tx.commit().await
+    }
+}
+
+// === shared column codecs ===
+
+fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+fn limits_json(limits: &[PlanLimit]) -> String {
+    let stored: Vec<StoredLimit> = limits.iter().map(StoredLimit::from).collect();
+    json_text(&stored)
+}
+
+fn parse_limits(table: &'static str, text: &str) -> Result<Vec<PlanLimit>, RepoError> {
+    let stored: Vec<StoredLimit> =
+        serde_json::from_str(text).map_err(|e| corrupt(table, format!("limits: {e}")))?;
+    stored
+        .into_iter()
+        .map(|s| {
+            s.into_limit()
+                .ok_or_else(|| corrupt(table, "limits: unknown unit or algorithm"))
+        })
+        .collect()
+}
+
+fn corrupt(table: &'static str, what: impl std::fmt::Display) -> RepoError {
+    RepoError::Corrupt {
+        table,
+        what: what.to_string(),
+    }
+}
+
+/// `url` without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

@@ -31,10 +31,11 @@ use crate::grpc::pb::sluice::v1::admin_service_server::AdminServiceServer;
 use crate::grpc::pb::sluice::v1::key_service_server::KeyServiceServer;
 use crate::grpc::{AdminGrpc, KeyGrpc, RlsService};
 use crate::http::{self, HttpState};
+use crate::keys::cache::KeyCache;
 use crate::keys::hashing::KeyHasher;
 use crate::keys::notify::RedisBus;
 use crate::keys::repo::{Backend, Repository, redact};
-use crate::keys::{KeyManager, KeyOptions};
+use crate::keys::{KeyAdmin, KeyOptions, KeyParts, Resolver, UsageFlusher};
 use crate::store::redis::{RedisOptions, RedisStore, redacted};
 use crate::store::resilient::{AnyStore, ResilienceOptions, Resilient};
 use crate::store::{CounterStore, MemoryStore};
@@ -195,7 +196,11 @@ pub struct Application {
     watch: Option<ConfigWatch>,
     /// Fingerprint of the configuration that was loaded.
     loaded: u64,
-    keys: Arc<KeyManager<Store>>,
+    keys: Arc<Resolver<Store>>,
+    key_admin: Arc<KeyAdmin>,
+    flusher: UsageFlusher,
+    key_cache: Arc<KeyCache>,
+    repo: Repository,
     auth: Arc<AdminAuth>,
 }
 
@@ -260,18 +265,23 @@ impl Application {
             admin_api = auth.is_enabled(),
             "key store ready"
         );
-        let mut keys = KeyManager::new(repo, hasher, engine.clone(), cfg.keys.options);
+        let mut bus: Option<Arc<dyn crate::keys::ChangeBus>> = None;
         if let Some(r) = &cfg.redis {
             let o = &r.options;
             match RedisBus::connect(&o.url, o.password.as_deref(), &o.key_prefix).await {
-                Ok(bus) => keys = keys.with_bus(Arc::new(bus)),
+                Ok(b) => bus = Some(Arc::new(b)),
                 Err(e) => tracing::warn!(
                     error = %e,
                     "key changes will not be announced on Redis; other replicas see them at the cache TTL"
                 ),
             }
         }
-        let keys = Arc::new(keys);
+        let KeyParts {
+            resolver: keys,
+            admin: key_admin,
+            flusher,
+            cache: key_cache,
+        } = KeyParts::new(repo.clone(), hasher, engine.clone(), cfg.keys.options, bus);
         let auth = Arc::new(auth);
         let grpc = TcpListener::bind(cfg.grpc_addr)
             .await
@@ -306,6 +316,10 @@ impl Application {
             watch,
             loaded,
             keys,
+            key_admin,
+            flusher,
+            key_cache,
+            repo,
             auth,
         })
     }
@@ -353,6 +367,10 @@ impl Application {
             watch,
             loaded,
             keys,
+            key_admin,
+            flusher,
+            key_cache,
+            repo,
             auth,
         } = self;
         let draining = Arc::new(AtomicBool::new(false));
@@ -374,7 +392,7 @@ impl Application {
             HEALTH_SERVICE,
         ];
         let admin_plane = [
-            <AdminServiceServer<AdminGrpc<Store>> as NamedService>::NAME,
+            <AdminServiceServer<AdminGrpc> as NamedService>::NAME,
             HEALTH_SERVICE,
         ];
         let (reflection_v1, reflection_v1alpha) = reflection(&data_plane)?;
@@ -388,15 +406,13 @@ impl Application {
         .max_decoding_message_size(cfg.max_request_bytes);
         let key_service = KeyServiceServer::new(KeyGrpc::new(keys.clone(), metrics.clone()))
             .max_decoding_message_size(cfg.max_request_bytes);
-        let admin_service = AdminServiceServer::new(AdminGrpc::new(keys.clone(), auth))
+        let admin_service = AdminServiceServer::new(AdminGrpc::new(key_admin, auth))
             .max_decoding_message_size(cfg.max_request_bytes);
         health
             .set_serving::<KeyServiceServer<KeyGrpc<Store>>>()
             .await;
         if admin.is_some() {
-            health
-                .set_serving::<AdminServiceServer<AdminGrpc<Store>>>()
-                .await;
+            health.set_serving::<AdminServiceServer<AdminGrpc>>().await;
         }
 
         let grpc_addr = grpc.local_addr()?;
@@ -462,17 +478,17 @@ impl Application {
         ));
         let (keys_stop_tx, keys_stop_rx) = watch::channel(false);
         let flusher = {
-            let keys = keys.clone();
             let mut stop = keys_stop_rx.clone();
             tokio::spawn(async move {
-                keys.run_flusher(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
+                flusher
+                    .run(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
             })
         };
-        let listener = (keys.repo().backend() == Backend::Postgres).then(|| {
-            let keys = keys.clone();
+        let listener = (repo.backend() == Backend::Postgres).then(|| {
+            let keys = key_cache.clone();
             let url = cfg.keys.database_url.clone();
             let mut stop = keys_stop_rx.clone();
             tokio::spawn(crate::keys::notify::listen_postgres(
@@ -484,7 +500,7 @@ impl Application {
             ))
         });
         let redis_listener = cfg.redis.as_ref().map(|r| {
-            let keys = keys.clone();
+            let keys = key_cache.clone();
             let mut stop = keys_stop_rx.clone();
             tokio::spawn(crate::keys::notify::listen_redis(
                 r.options.url.clone(),
@@ -545,7 +561,7 @@ impl Application {
         if let Err(e) = flusher.await {
             tracing::error!(error = %e, "usage flusher failed");
         }
-        keys.repo().close().await;
+        repo.close().await;
         if let AnyStore::Shared(r) = engine.store() {
             r.primary().shutdown().await;
         }

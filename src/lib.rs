@@ -10,8 +10,9 @@
 //! * [`store`]: the counter-store trait and the in-memory store.
 //! * [`engine`]: request → decision, over `core` and the store trait.
 //! * [`auth`]: admin tokens (JWT) and server secret files.
-//! * [`keys`]: API keys and plans: the key manager, its SQL repository
-//!   (PostgreSQL or SQLite), cache, usage accounting and change notices.
+//! * [`keys`]: API keys and plans: the request-path resolver, the admin
+//!   side, the usage flusher, the SQL repository (PostgreSQL or SQLite),
+//!   cache and change notices.
 //! * [`config`]: YAML files → `core` rules, validation, the file watcher.
 //! * [`grpc`], [`http`]: protocol adapters; translate and call the engine.
 //! * [`telemetry`]: logging and Prometheus metrics.

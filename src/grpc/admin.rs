@@ -2,7 +2,7 @@
 //!
 //! Each call is authorized first (a bearer JWT carrying the RPC's scope,
 //! and the caller's allowance of admin calls), then translated into the
-//! key manager's types; every field problem comes back as
+//! key admin's types; every field problem comes back as
 //! INVALID_ARGUMENT naming the field.
 
 use std::sync::Arc;
@@ -20,18 +20,17 @@ use crate::keys::model::{
     Actor, ApiKey, AuditEvent, KeyState, Millis, Plan, PlanLimit, Quota, UsageDay, Window,
 };
 use crate::keys::repo::{KeyChanges, KeyFilter};
-use crate::keys::{KeyError, KeyManager, NewKey, PlanDraft, validate};
-use crate::store::CounterStore;
+use crate::keys::{KeyAdmin, KeyError, NewKey, PlanDraft, validate};
 
 /// The admin gRPC service.
 #[derive(Debug)]
-pub struct AdminGrpc<S> {
-    keys: Arc<KeyManager<S>>,
+pub struct AdminGrpc {
+    keys: Arc<KeyAdmin>,
     auth: Arc<AdminAuth>,
 }
 
-impl<S> AdminGrpc<S> {
-    pub fn new(keys: Arc<KeyManager<S>>, auth: Arc<AdminAuth>) -> Self {
+impl AdminGrpc {
+    pub fn new(keys: Arc<KeyAdmin>, auth: Arc<AdminAuth>) -> Self {
         AdminGrpc { keys, auth }
     }
 }
@@ -43,7 +42,7 @@ fn invalid(field: &str, problem: impl Into<String>) -> Status {
     })
 }
 
-impl<S: CounterStore> AdminGrpc<S> {
+impl AdminGrpc {
     /// Checks the bearer token and scope; returns who is acting.
     fn authorize<T>(&self, req: &Request<T>, scope: Scope) -> Result<Actor, Status> {
         let header = req
@@ -359,7 +358,7 @@ fn non_negative_duration(
 }
 
 #[tonic::async_trait]
-impl<S: CounterStore> AdminService for AdminGrpc<S> {
+impl AdminService for AdminGrpc {
     async fn create_key(
         &self,
         request: Request<pb::CreateKeyRequest>,

@@ -1,4 +1,4 @@
-//! `sluice.v1.KeyService/ValidateKey`: translate, ask the key manager,
+//! `sluice.v1.KeyService/ValidateKey`: translate, ask the key resolver,
 //! translate back.
 
 use std::sync::Arc;
@@ -8,19 +8,19 @@ use tonic::{Request, Response, Status};
 use super::pb::sluice::v1 as pb;
 use super::pb::sluice::v1::key_service_server::KeyService;
 use super::status::key_status;
-use crate::keys::{KeyManager, LimitReport, Verdict};
+use crate::keys::{LimitReport, Resolver, Verdict};
 use crate::store::CounterStore;
 use crate::telemetry::metrics::Metrics;
 
 /// The key-validation gRPC service.
 #[derive(Debug)]
 pub struct KeyGrpc<S> {
-    keys: Arc<KeyManager<S>>,
+    keys: Arc<Resolver<S>>,
     metrics: Arc<Metrics>,
 }
 
 impl<S> KeyGrpc<S> {
-    pub fn new(keys: Arc<KeyManager<S>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(keys: Arc<Resolver<S>>, metrics: Arc<Metrics>) -> Self {
         KeyGrpc { keys, metrics }
     }
 

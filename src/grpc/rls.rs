@@ -3,7 +3,7 @@
 //! up, and returned in the response metadata.
 //!
 //! Key-aware domains (`api_key:` in their YAML): a descriptor carrying the
-//! configured entry is looked up by the key manager, and decided on the
+//! configured entry is looked up by the key resolver, and decided on the
 //! key's plan limits (all of them, all or nothing) instead of the rule
 //! tree; an invalid key answers as the domain's `on_invalid` says.
 
@@ -23,7 +23,7 @@ use crate::core::limit::LimitSpec;
 use crate::core::rules::OnInvalid;
 use crate::engine::{Code, Decision, DescriptorStatus, Engine, Subject};
 use crate::keys::model::ResolvedKey;
-use crate::keys::{KeyManager, Verdict};
+use crate::keys::{Resolver, Verdict};
 use crate::store::CounterStore;
 use crate::telemetry::metrics::{Metrics, Outcome};
 
@@ -35,7 +35,7 @@ pub struct RlsService<S> {
     engine: Arc<Engine<S>>,
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
-    keys: Option<Arc<KeyManager<S>>>,
+    keys: Option<Arc<Resolver<S>>>,
 }
 
 impl<S> RlsService<S> {
@@ -43,7 +43,7 @@ impl<S> RlsService<S> {
         engine: Arc<Engine<S>>,
         metrics: Arc<Metrics>,
         draining: Arc<AtomicBool>,
-        keys: Option<Arc<KeyManager<S>>>,
+        keys: Option<Arc<Resolver<S>>>,
     ) -> Self {
         RlsService {
             engine,

@@ -108,6 +108,15 @@ impl KeyCache {
         self.invalidate_if(move |k| k.plan.name == name);
     }
 
+    /// Applies a change notice: a key id, `plan:<name>` or `*`.
+    pub fn apply_notice(&self, payload: &str) {
+        match payload.strip_prefix("plan:") {
+            Some(plan) => self.invalidate_plan(plan),
+            None if payload == "*" => self.invalidate_all(),
+            None => self.invalidate_key(payload),
+        }
+    }
+
     pub fn invalidate_all(&self) {
         if let Some(c) = &self.found {
             c.invalidate_all();

@@ -17,17 +17,12 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 
-use super::KeyManager;
+use super::cache::KeyCache;
 use super::repo::NOTIFY_CHANNEL;
-use crate::store::CounterStore;
 
 /// Listens on PostgreSQL until `stop` resolves, applying each change to
-/// `keys`' cache. Reconnects with backoff; never returns early.
-pub async fn listen_postgres<S: CounterStore>(
-    url: String,
-    keys: Arc<KeyManager<S>>,
-    stop: impl Future<Output = ()>,
-) {
+/// the key cache. Reconnects with backoff; never returns early.
+pub async fn listen_postgres(url: String, keys: Arc<KeyCache>, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -39,7 +34,7 @@ pub async fn listen_postgres<S: CounterStore>(
             Ok(l) => {
                 backoff = Duration::from_millis(100);
                 // Whatever changed while we were not listening.
-                keys.apply_change("*");
+                keys.apply_notice("*");
                 tracing::info!(channel = NOTIFY_CHANNEL, "listening for key changes");
                 l
             }
@@ -59,10 +54,10 @@ pub async fn listen_postgres<S: CounterStore>(
                 n = listener.try_recv() => n,
             };
             match next {
-                Ok(Some(n)) => keys.apply_change(n.payload()),
+                Ok(Some(n)) => keys.apply_notice(n.payload()),
                 // The connection was lost and re-established by sqlx:
                 // notifications in between are gone.
-                Ok(None) => keys.apply_change("*"),
+                Ok(None) => keys.apply_notice("*"),
                 Err(e) => {
                     tracing::warn!(error = %e, "key-change listener failed; reconnecting");
                     break;
@@ -147,11 +142,11 @@ impl super::ChangeBus for RedisBus {
 /// Applies key-change notices from Redis pub/sub until `stop` resolves.
 /// fred resubscribes after a reconnect; everything cached is dropped then,
 /// since notices may have been missed.
-pub async fn listen_redis<S: CounterStore>(
+pub async fn listen_redis(
     url: String,
     password: Option<String>,
     prefix: String,
-    keys: Arc<KeyManager<S>>,
+    keys: Arc<KeyCache>,
     stop: impl Future<Output = ()>,
 ) {
     use fred::interfaces::{ClientLike as _, EventInterface as _, PubsubInterface as _};
@@ -191,15 +186,15 @@ pub async fn listen_redis<S: CounterStore>(
             m = messages.recv() => match m {
                 Ok(m) => {
                     if let Some(payload) = m.value.as_str() {
-                        keys.apply_change(&payload);
+                        keys.apply_notice(&payload);
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => keys.apply_change("*"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => keys.apply_notice("*"),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
             r = reconnects.recv() => {
                 if r.is_ok() {
-                    keys.apply_change("*");
+                    keys.apply_notice("*");
                 }
             }
         }

@@ -1,14 +1,19 @@
 //! Usage accounting: admitted and limited requests per key per UTC day,
-//! summed in memory and written in batches by the key manager's flusher
-//! (and once more on shutdown), plus each key's last use, written at most
-//! once a minute per key.
+//! summed in memory by the resolver ([`UsageRecorder`]) and written in
+//! batches by the [`UsageFlusher`] (and once more on shutdown), plus each
+//! key's last use, written at most once a minute per key.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::guard::AbuseGuard;
 use super::model::Millis;
-use super::repo::UsageDelta;
+use super::repo::{Repository, UsageDelta};
+use super::{KeyError, now_ms};
+use crate::core::clock::SystemClock;
 
 const DAY_MS: i64 = 86_400_000;
 /// `last_used_at` is written at most this often per key.
@@ -113,6 +118,74 @@ impl UsageRecorder {
         for (id, at) in batch.last_used {
             let e = p.last_used.entry(id).or_insert(at);
             *e = (*e).max(at);
+        }
+    }
+}
+
+/// Writes what the recorder holds, periodically and at shutdown.
+#[derive(Debug)]
+pub struct UsageFlusher {
+    repo: Repository,
+    usage: Arc<UsageRecorder>,
+    /// Its expired counters are swept on the same tick.
+    guard: Arc<AbuseGuard>,
+    every: Duration,
+    clock: SystemClock,
+}
+
+impl UsageFlusher {
+    pub fn new(
+        repo: Repository,
+        usage: Arc<UsageRecorder>,
+        guard: Arc<AbuseGuard>,
+        every: Duration,
+    ) -> UsageFlusher {
+        UsageFlusher {
+            repo,
+            usage,
+            guard,
+            every,
+            clock: SystemClock::default(),
+        }
+    }
+
+    /// Writes pending usage; on failure it stays pending.
+    ///
+    /// # Errors
+    /// [`KeyError::Unavailable`] when the key store cannot be written.
+    pub async fn flush(&self, all: bool) -> Result<usize, KeyError> {
+        let batch = self.usage.take(now_ms(&self.clock), all);
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let n = batch.deltas.len();
+        if let Err(e) = self.repo.add_usage(&batch.deltas, &batch.last_used).await {
+            self.usage.restore(batch);
+            return Err(e.into());
+        }
+        Ok(n)
+    }
+
+    /// Flushes usage every `every` and sweeps the guard's counters, until
+    /// `stop` resolves; then flushes everything once more.
+    pub async fn run(&self, stop: impl std::future::Future<Output = ()>) {
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                _ = tick.tick() => {
+                    if let Err(e) = self.flush(false).await {
+                        tracing::warn!(error = %e, "usage flush failed; kept for the next one");
+                    }
+                    self.guard.sweep();
+                }
+            }
+        }
+        match self.flush(true).await {
+            Ok(n) => tracing::info!(rows = n, "usage flushed at shutdown"),
+            Err(e) => tracing::error!(error = %e, "usage could not be flushed at shutdown"),
         }
     }
 }

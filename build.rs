@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
     "envoy/service/ratelimit/v3/rls.proto",
+    "envoy/service/auth/v3/external_auth.proto",
     "sluice/v1/keys.proto",
     "sluice/v1/admin.proto",
 ];
@@ -30,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = std::fs::read(&descriptor_path)?;
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
-        .build(&[".envoy", ".sluice"])?;
+        .build(&[".envoy", ".google.rpc", ".sluice"])?;
     Ok(())
 }
 

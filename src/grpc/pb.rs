@@ -15,6 +15,12 @@
 
 pub mod envoy {
     pub mod service {
+        pub mod auth {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.auth.v3");
+                include!(concat!(env!("OUT_DIR"), "/envoy.service.auth.v3.serde.rs"));
+            }
+        }
         pub mod ratelimit {
             pub mod v3 {
                 tonic::include_proto!("envoy.service.ratelimit.v3");
@@ -51,6 +57,13 @@ pub mod envoy {
             tonic::include_proto!("envoy.r#type.v3");
             include!(concat!(env!("OUT_DIR"), "/envoy.r#type.v3.serde.rs"));
         }
+    }
+}
+
+pub mod google {
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+        include!(concat!(env!("OUT_DIR"), "/google.rpc.serde.rs"));
     }
 }
 

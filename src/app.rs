@@ -1,21 +1,29 @@
-//! Composition root: builds the concrete parts (memory store, engine,
-//! the data-plane gRPC server, the admin gRPC server on its own listener,
-//! the HTTP server, config watcher) and runs them until shutdown.
+//! Composition root: the one place that names concrete types. It builds
+//! the parts (counter store: memory, or Redis behind the resilience
+//! wrapper; the engine; the key store and its parts: resolver, admin,
+//! usage flusher, cache; admin authentication; the data-plane gRPC server, the admin gRPC server on
+//! its own listener, the HTTP server; the config watcher) and runs them,
+//! with their background tasks (store health, counter sweep, config
+//! reload, usage flush, key-change listeners), until shutdown.
 //!
-//! Shutdown: health turns NOT_SERVING and readiness fails, new RPCs are
-//! answered UNAVAILABLE, the servers stop accepting and let in-flight
-//! requests finish; after `drain_timeout` whatever is left is dropped.
+//! Shutdown follows the phases of [`crate::shutdown`]: on the signal,
+//! health turns NOT_SERVING for every service and `/readyz` fails, while
+//! every server keeps answering on old and new connections for
+//! `shutdown_delay`; then the listeners close, HTTP/2 connections get
+//! GOAWAY and open calls get `drain_timeout` to finish; then background
+//! tasks stop, and the final usage flush and the key store's close each
+//! get a deadline of their own. Every server task follows one
+//! [`Coordinator`]; gRPC listeners are all served through `spawn_grpc`.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic_reflection::server as reflection;
@@ -36,6 +44,7 @@ use crate::keys::hashing::KeyHasher;
 use crate::keys::notify::RedisBus;
 use crate::keys::repo::{Backend, Repository, redact};
 use crate::keys::{KeyAdmin, KeyOptions, KeyParts, Resolver, UsageFlusher};
+use crate::shutdown::{Coordinator, Phase, Shutdown};
 use crate::store::redis::{RedisOptions, RedisStore, redacted};
 use crate::store::resilient::{AnyStore, ResilienceOptions, Resilient};
 use crate::store::{CounterStore, MemoryStore};
@@ -56,6 +65,9 @@ pub struct ServeConfig {
     pub request_limits: RequestLimits,
     pub max_metric_keys: usize,
     pub max_request_bytes: usize,
+    /// How long sluice keeps answering, not ready, after the signal.
+    pub shutdown_delay: Duration,
+    /// How long calls still open after the delay get to finish.
     pub drain_timeout: Duration,
     /// Shifts the memory store's clock (tests of window alignment).
     pub clock_offset_ns: i64,
@@ -348,13 +360,16 @@ impl Application {
         self.admin.as_ref().map(TcpListener::local_addr).transpose()
     }
 
-    /// Serves until `shutdown` completes, then drains.
+    /// Serves until `signal` completes, then shuts down in the phases of
+    /// [`crate::shutdown`]: not ready at once, still answering for
+    /// `shutdown_delay`, then GOAWAY and at most `drain_timeout` for the
+    /// calls already open, then the usage flush with its own deadline.
     ///
     /// # Errors
     /// When reflection cannot be built or a server fails.
     pub async fn run_until_stopped(
         self,
-        shutdown: impl Future<Output = ()> + Send,
+        signal: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let Application {
             cfg,
@@ -373,17 +388,26 @@ impl Application {
             repo,
             auth,
         } = self;
-        let draining = Arc::new(AtomicBool::new(false));
+        let coordinator = Coordinator::default();
+        let shutdown = coordinator.subscribe();
         let ready = Arc::new(AtomicBool::new(true));
-        let (stop_tx, stop_rx) = watch::channel(false);
 
+        // Health reports on "" and every service served; all of them turn
+        // NOT_SERVING when shutdown begins.
+        let mut health_services = vec![
+            "",
+            <RateLimitServiceServer<RlsService<Store>> as NamedService>::NAME,
+            <KeyServiceServer<KeyGrpc<Store>> as NamedService>::NAME,
+        ];
+        if admin.is_some() {
+            health_services.push(<AdminServiceServer<AdminGrpc> as NamedService>::NAME);
+        }
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<RateLimitServiceServer<RlsService<Store>>>()
-            .await;
-        health
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
+        for service in &health_services {
+            health
+                .set_service_status(service, tonic_health::ServingStatus::Serving)
+                .await;
+        }
 
         // Each listener's reflection lists only what that listener serves.
         let data_plane = [
@@ -400,7 +424,6 @@ impl Application {
         let rls = RateLimitServiceServer::new(RlsService::new(
             engine.clone(),
             metrics.clone(),
-            draining.clone(),
             Some(keys.clone()),
         ))
         .max_decoding_message_size(cfg.max_request_bytes);
@@ -408,62 +431,55 @@ impl Application {
             .max_decoding_message_size(cfg.max_request_bytes);
         let admin_service = AdminServiceServer::new(AdminGrpc::new(key_admin, auth))
             .max_decoding_message_size(cfg.max_request_bytes);
-        health
-            .set_serving::<KeyServiceServer<KeyGrpc<Store>>>()
-            .await;
-        if admin.is_some() {
-            health.set_serving::<AdminServiceServer<AdminGrpc>>().await;
-        }
 
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
-        let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
-        let mut grpc_stop = stop_rx.clone();
-        let grpc_server = tonic::transport::Server::builder()
-            .add_service(rls)
-            .add_service(key_service)
-            .add_service(health_service.clone())
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = grpc_stop.wait_for(|s| *s).await;
-            });
+        let grpc_task = spawn_grpc(
+            tonic::transport::Server::builder()
+                .add_service(rls)
+                .add_service(key_service)
+                .add_service(health_service.clone())
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha),
+            grpc,
+            &shutdown,
+        );
         let admin_task = match admin {
             None => None,
             Some(listener) => {
                 let (reflection_v1, reflection_v1alpha) = reflection(&admin_plane)?;
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                let mut admin_stop = stop_rx.clone();
-                let server = tonic::transport::Server::builder()
-                    .add_service(admin_service)
-                    .add_service(health_service)
-                    .add_service(reflection_v1)
-                    .add_service(reflection_v1alpha)
-                    .serve_with_incoming_shutdown(incoming, async move {
-                        let _ = admin_stop.wait_for(|s| *s).await;
-                    });
-                Some(tokio::spawn(server))
+                Some(spawn_grpc(
+                    tonic::transport::Server::builder()
+                        .add_service(admin_service)
+                        .add_service(health_service)
+                        .add_service(reflection_v1)
+                        .add_service(reflection_v1alpha),
+                    listener,
+                    &shutdown,
+                ))
             }
         };
 
-        let health_task = tokio::spawn(follow_store_health(engine.clone(), health.clone()));
+        let health_task = tokio::spawn(follow_store_health(
+            engine.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
         let registry = metrics::registry(metrics.clone(), engine.clone());
         let http_state = Arc::new(HttpState {
             engine: engine.clone(),
             metrics: metrics.clone(),
             registry,
             ready,
-            draining: draining.clone(),
+            shutdown: shutdown.clone(),
         });
-        let mut http_stop = stop_rx.clone();
-        let http_server =
-            axum::serve(http, http::router(http_state)).with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            });
-
-        let grpc_task = tokio::spawn(grpc_server);
-        let http_task = tokio::spawn(http_server.into_future());
+        let http_task = tokio::spawn({
+            let stop = shutdown.clone();
+            axum::serve(http, http::router(http_state))
+                .with_graceful_shutdown(async move { stop.reached(Phase::Stopping).await })
+                .into_future()
+        });
         let sweeper = tokio::spawn(sweep_forever(engine.clone()));
         let watcher = tokio::spawn(reload_forever(
             watch,
@@ -476,59 +492,55 @@ impl Application {
             stats,
             metrics.clone(),
         ));
-        let (keys_stop_tx, keys_stop_rx) = watch::channel(false);
+        let closed = || {
+            let s = shutdown.clone();
+            async move { s.reached(Phase::Closed).await }
+        };
         let flusher = {
-            let mut stop = keys_stop_rx.clone();
-            tokio::spawn(async move {
-                flusher
-                    .run(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await;
-            })
+            let stop = closed();
+            tokio::spawn(async move { flusher.run(stop).await })
         };
         let listener = (repo.backend() == Backend::Postgres).then(|| {
-            let keys = key_cache.clone();
-            let url = cfg.keys.database_url.clone();
-            let mut stop = keys_stop_rx.clone();
             tokio::spawn(crate::keys::notify::listen_postgres(
-                url,
-                keys,
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
+                cfg.keys.database_url.clone(),
+                key_cache.clone(),
+                closed(),
             ))
         });
         let redis_listener = cfg.redis.as_ref().map(|r| {
-            let keys = key_cache.clone();
-            let mut stop = keys_stop_rx.clone();
             tokio::spawn(crate::keys::notify::listen_redis(
                 r.options.url.clone(),
                 r.options.password.clone(),
                 r.options.key_prefix.clone(),
-                keys,
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
+                key_cache.clone(),
+                closed(),
             ))
         });
         let admin_grpc_addr = admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
         tracing::info!(%grpc_addr, %http_addr, %admin_grpc_addr, config = %cfg.config_path.display(), "sluice listening");
 
-        shutdown.await;
-        tracing::info!(drain_timeout = ?cfg.drain_timeout, "shutting down: draining in-flight requests");
-        draining.store(true, Ordering::SeqCst);
-        health
-            .set_not_serving::<RateLimitServiceServer<RlsService<Store>>>()
-            .await;
-        health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        signal.await;
+        // 1. Not ready, at once; the health task is stopped first so it
+        //    cannot turn anything back to SERVING.
+        coordinator.enter(Phase::Draining);
         health_task.abort();
-        let _ = stop_tx.send(true);
+        let _ = health_task.await;
+        for service in &health_services {
+            health
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!(
+            shutdown_delay = ?cfg.shutdown_delay,
+            drain_timeout = ?cfg.drain_timeout,
+            "shutting down: not ready; still answering until the shutdown delay ends"
+        );
+        // 2. Keep answering while endpoints and load balancers catch up.
+        tokio::time::sleep(cfg.shutdown_delay).await;
+        // 3. Listeners closed, GOAWAY, open calls finish.
+        tracing::info!("shutdown delay over: listeners closed, finishing open calls");
+        coordinator.enter(Phase::Stopping);
         watcher.abort();
-        sweeper.abort();
-
         let drained = tokio::time::timeout(cfg.drain_timeout, async {
             let g = grpc_task.await;
             let h = http_task.await;
@@ -539,34 +551,75 @@ impl Application {
             (g, h, a)
         })
         .await;
-        match drained {
+        let served = match drained {
             Ok((g, h, a)) => {
-                g.context("gRPC server task failed")?
-                    .context("gRPC server failed")?;
-                h.context("HTTP server task failed")?
-                    .context("HTTP server failed")?;
-                if let Some(a) = a {
-                    a.context("admin gRPC server task failed")?
-                        .context("admin gRPC server failed")?;
-                }
-                tracing::info!("drained; stopped");
+                tracing::info!("open calls finished");
+                let g = g
+                    .context("gRPC server task failed")
+                    .and_then(|r| r.context("gRPC server failed"));
+                let h = h
+                    .context("HTTP server task failed")
+                    .and_then(|r| r.context("HTTP server failed"));
+                let a = a.map_or(Ok(()), |a| {
+                    a.context("admin gRPC server task failed")
+                        .and_then(|r| r.context("admin gRPC server failed"))
+                });
+                g.and(h).and(a)
             }
-            Err(_) => tracing::warn!("drain timeout reached; stopping with requests still open"),
-        }
-        // Requests are done (or abandoned): count them, then close.
-        let _ = keys_stop_tx.send(true);
+            Err(_) => {
+                tracing::warn!(
+                    drain_timeout = ?cfg.drain_timeout,
+                    "drain timeout reached; stopping with calls still open"
+                );
+                Ok(())
+            }
+        };
+        // 4. Calls are done (or abandoned): stop background work and flush
+        //    what they counted, bounded.
+        coordinator.enter(Phase::Closed);
+        sweeper.abort();
         for l in [listener, redis_listener].into_iter().flatten() {
             let _ = l.await;
         }
-        if let Err(e) = flusher.await {
-            tracing::error!(error = %e, "usage flusher failed");
+        match tokio::time::timeout(FINAL_FLUSH_DEADLINE, flusher).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "usage flusher failed"),
+            Err(_) => tracing::error!(
+                deadline = ?FINAL_FLUSH_DEADLINE,
+                "usage flush did not finish in time; unflushed usage counts are lost"
+            ),
         }
-        repo.close().await;
+        if tokio::time::timeout(FINAL_FLUSH_DEADLINE, repo.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the key store did not close in time");
+        }
         if let AnyStore::Shared(r) = engine.store() {
             r.primary().shutdown().await;
         }
-        Ok(())
+        tracing::info!("stopped");
+        served
     }
+}
+
+/// The final usage flush and the key store's close each get this long.
+const FINAL_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Serves `router` on `listener` until [`Phase::Stopping`]: then the
+/// listener closes, every connection gets GOAWAY, and the task ends when
+/// the calls still open have finished. Every gRPC listener is served
+/// through here, so that all of them drain alike.
+fn spawn_grpc(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    shutdown: &Shutdown,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    let incoming = shutdown.until_stopping(TcpIncoming::from(listener).with_nodelay(Some(true)));
+    let stop = shutdown.clone();
+    tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        stop.reached(Phase::Stopping).await;
+    }))
 }
 
 /// The name the gRPC health service is served under.
@@ -598,18 +651,24 @@ fn reflection(
 }
 
 /// Keeps gRPC health in step with the counter store: NOT_SERVING while a
-/// shared store is unreachable and the failure mode cannot stand in.
+/// shared store is unreachable and the failure mode cannot stand in. Ends
+/// when shutdown begins (and is stopped by then anyway), so that nothing
+/// turns health back to SERVING during the drain.
 async fn follow_store_health(
     engine: Arc<Engine<Store>>,
     health: tonic_health::server::HealthReporter,
+    shutdown: Shutdown,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut serving = true;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            () = shutdown.reached(Phase::Draining) => return,
+            _ = tick.tick() => {}
+        }
         let ready = engine.store().health().ready;
-        if ready != serving {
+        if ready != serving && !shutdown.is_draining() {
             serving = ready;
             let status = if ready {
                 tonic_health::ServingStatus::Serving
@@ -617,15 +676,12 @@ async fn follow_store_health(
                 tonic_health::ServingStatus::NotServing
             };
             health.set_service_status("", status).await;
-            if ready {
-                health
-                    .set_serving::<RateLimitServiceServer<RlsService<Store>>>()
-                    .await;
-            } else {
-                health
-                    .set_not_serving::<RateLimitServiceServer<RlsService<Store>>>()
-                    .await;
-            }
+            health
+                .set_service_status(
+                    <RateLimitServiceServer<RlsService<Store>> as NamedService>::NAME,
+                    status,
+                )
+                .await;
         }
     }
 }

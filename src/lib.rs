@@ -17,6 +17,7 @@
 //! * [`grpc`], [`http`]: protocol adapters; translate and call the engine.
 //! * [`telemetry`]: logging and Prometheus metrics.
 //! * [`cli`]: the admin client commands (`sluice keys|plans|usage|audit`).
+//! * [`shutdown`]: the shutdown phases every server and task follows.
 //! * [`app`]: the one place that wires concrete parts together and runs
 //!   them until shutdown.
 
@@ -29,5 +30,6 @@ pub mod engine;
 pub mod grpc;
 pub mod http;
 pub mod keys;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -200,7 +200,11 @@ struct ServeArgs {
     /// Cap on metric keys built from request values (detailed_metric, value_to_metric, overrides).
     #[arg(long, env = "SLUICE_MAX_METRIC_KEYS", default_value_t = 10_000)]
     max_metric_keys: usize,
-    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
+    /// Seconds sluice keeps answering after SIGTERM/SIGINT, already not ready and
+    /// NOT_SERVING, so that load balancers stop sending work before connections close.
+    #[arg(long, env = "SLUICE_SHUTDOWN_DELAY", default_value_t = 5)]
+    shutdown_delay: u64,
+    /// Seconds calls still open after the shutdown delay get to finish.
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value_t = 10)]
     drain_timeout: u64,
     /// Keep counters in Redis, shared by every replica: redis://, rediss://,
@@ -451,6 +455,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         max_metric_keys: args.max_metric_keys,
         max_request_bytes: args.max_request_bytes,
+        shutdown_delay: Duration::from_secs(args.shutdown_delay),
         drain_timeout: Duration::from_secs(args.drain_timeout),
         clock_offset_ns: args.test_clock_offset_ms.saturating_mul(1_000_000),
         redis: args.redis_url.map(|url| {

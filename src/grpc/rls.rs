@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tonic::metadata::MetadataValue;
@@ -34,7 +34,6 @@ const REQUEST_ID: &str = "x-request-id";
 pub struct RlsService<S> {
     engine: Arc<Engine<S>>,
     metrics: Arc<Metrics>,
-    draining: Arc<AtomicBool>,
     keys: Option<Arc<Resolver<S>>>,
 }
 
@@ -42,13 +41,11 @@ impl<S> RlsService<S> {
     pub fn new(
         engine: Arc<Engine<S>>,
         metrics: Arc<Metrics>,
-        draining: Arc<AtomicBool>,
         keys: Option<Arc<Resolver<S>>>,
     ) -> Self {
         RlsService {
             engine,
             metrics,
-            draining,
             keys,
         }
     }
@@ -210,12 +207,6 @@ impl<S: CounterStore> RateLimitService for RlsService<S> {
     ) -> Result<Response<RateLimitResponse>, Status> {
         let started = Instant::now();
         let id = request_id(request.metadata());
-        if self.draining.load(Ordering::Relaxed) {
-            self.metrics.record_rpc(started, Outcome::Error);
-            let mut status = Status::unavailable("sluice is shutting down");
-            status.metadata_mut().insert(REQUEST_ID, id);
-            return Err(status);
-        }
         let msg = request.get_ref();
         let keyed = match self.resolve_keys(msg).await {
             Ok(k) => k,

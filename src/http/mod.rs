@@ -4,7 +4,7 @@
 //! envoyproxy/ratelimit offers.
 //!
 //! May depend on: `engine`, `grpc::{pb, convert}` (the protocol types),
-//! `telemetry`.
+//! `shutdown` (readiness), `telemetry`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 use crate::engine::{Code, DecideError, Engine};
 use crate::grpc::convert;
 use crate::grpc::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use crate::shutdown::Shutdown;
 use crate::store::CounterStore;
 use crate::telemetry::metrics::{self, Metrics, Outcome};
 
@@ -32,8 +33,8 @@ pub struct HttpState<S> {
     pub registry: Registry,
     /// A configuration has been loaded.
     pub ready: Arc<AtomicBool>,
-    /// Shutdown has begun.
-    pub draining: Arc<AtomicBool>,
+    /// Readiness fails from the moment shutdown begins.
+    pub shutdown: Shutdown,
 }
 
 /// The HTTP routes.
@@ -47,8 +48,8 @@ pub fn router<S: CounterStore>(state: Arc<HttpState<S>>) -> Router {
 }
 
 async fn readyz<S: CounterStore>(State(st): State<Arc<HttpState<S>>>) -> Response {
-    if st.draining.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    if st.shutdown.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
     } else if !st.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded\n").into_response()
     } else {
@@ -86,9 +87,6 @@ fn json_error(status: StatusCode, message: &str) -> Response {
 
 async fn json<S: CounterStore>(State(st): State<Arc<HttpState<S>>>, body: Bytes) -> Response {
     let started = Instant::now();
-    if st.draining.load(Ordering::Relaxed) {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "sluice is shutting down");
-    }
     let msg: RateLimitRequest = match serde_json::from_slice(&body) {
         Ok(m) => m,
         Err(e) => {

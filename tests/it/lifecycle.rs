@@ -52,9 +52,36 @@ async fn invalid_config_at_start_exits_nonzero_with_every_error() {
     assert!(err.contains("unknown key 'bogus'"), "{err}");
 }
 
-#[tokio::test]
-async fn sigterm_drains_in_flight_and_refuses_new_work() {
-    let mut s = Sluice::start(CONFIG, &["--drain-timeout", "5"]);
+/// Every service gRPC health reports on.
+const SERVICES: [&str; 4] = [
+    "",
+    "envoy.service.ratelimit.v3.RateLimitService",
+    "sluice.v1.KeyService",
+    "sluice.v1.AdminService",
+];
+
+async fn health_of(h: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {
+    h.check(HealthCheckRequest {
+        service: service.to_string(),
+    })
+    .await
+    .map(|r| r.into_inner().status)
+    .unwrap_or(-1)
+}
+
+async fn readyz(s: &Sluice) -> u16 {
+    reqwest::get(s.http("/readyz"))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// On SIGTERM: NOT_SERVING (every service) and /readyz 503 at once, while
+/// calls on existing and new connections, gRPC and /json, are still
+/// answered for the whole shutdown delay; then a clean exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_not_ready_and_keeps_answering_through_the_delay() {
+    let mut s = Sluice::start(CONFIG, &["--shutdown-delay", "5", "--drain-timeout", "5"]);
     let mut c = s.client().await;
     let mut h = HealthClient::new(s.channel().await);
     assert_eq!(
@@ -63,48 +90,249 @@ async fn sigterm_drains_in_flight_and_refuses_new_work() {
             .overall_code,
         OK
     );
+    for service in SERVICES {
+        assert_eq!(
+            health_of(&mut h, service).await,
+            ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+    assert_eq!(readyz(&s).await, 200);
 
-    // Keep a stream of calls going while SIGTERM arrives: every call either
-    // succeeds or is refused cleanly; none hangs.
-    let mut busy = c.clone();
-    let load = tokio::spawn(async move {
-        let mut ok = 0;
-        let mut refused = 0;
-        for _ in 0..200 {
-            match tokio::time::timeout(
-                Duration::from_secs(5),
-                busy.should_rate_limit(req("life", vec![desc(&[("k", "v")])])),
-            )
-            .await
-            {
-                Ok(Ok(_)) => ok += 1,
-                Ok(Err(_)) => refused += 1,
-                Err(_) => panic!("a call hung during shutdown"),
-            }
-        }
-        (ok, refused)
-    });
-    tokio::time::sleep(Duration::from_millis(20)).await;
     s.terminate();
+    let signalled = std::time::Instant::now();
+    let not_ready = crate::support::eventually(Duration::from_secs(2), || {
+        let mut h = h.clone();
+        let s = &s;
+        async move {
+            if readyz(s).await != 503 {
+                return false;
+            }
+            for service in SERVICES {
+                if health_of(&mut h, service).await != ServingStatus::NotServing as i32 {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    assert!(not_ready, "health and readiness did not turn at once");
+
+    // Still answering: the existing connection, a new one, and /json.
+    for _ in 0..50 {
+        assert_eq!(
+            call(&mut c, req("life", vec![desc(&[("k", "v")])]))
+                .await
+                .overall_code,
+            OK
+        );
+    }
+    let mut fresh = s.client().await;
+    assert_eq!(
+        call(&mut fresh, req("life", vec![desc(&[("k", "new")])]))
+            .await
+            .overall_code,
+        OK
+    );
+    let json = reqwest::Client::new()
+        .post(s.http("/json"))
+        .body(r#"{"domain":"life","descriptors":[{"entries":[{"key":"k","value":"v"}]}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 200);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "the checks above ran past the shutdown delay; they prove nothing"
+    );
+
     let status = tokio::task::spawn_blocking(move || {
-        let st = s.wait_exit(Duration::from_secs(8));
+        let st = s.wait_exit(Duration::from_secs(15));
         (st, s)
     })
     .await
     .unwrap();
     assert!(status.0.success(), "exit status {:?}", status.0);
-    let (ok, refused) = load.await.unwrap();
-    assert_eq!(ok + refused, 200);
-    assert!(ok >= 1);
-    // The process is gone: health cannot answer SERVING any more.
-    let after = h
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await;
-    assert!(
-        after
-            .map(|r| r.into_inner().status != ServingStatus::Serving as i32)
-            .unwrap_or(true)
+    // Gone: nothing answers SERVING any more.
+    assert_ne!(health_of(&mut h, "").await, ServingStatus::Serving as i32);
+}
+
+/// The store-health task must not turn health back to SERVING during the
+/// shutdown delay: Redis stops answering (NOT_SERVING, breaker open),
+/// SIGTERM, Redis comes back and the breaker closes, and health stays
+/// NOT_SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_recovery_during_the_delay_does_not_turn_health_back_on() {
+    let redis = crate::support::redis::RedisServer::start();
+    let url = redis.url();
+    let s = Sluice::start(
+        CONFIG,
+        &[
+            "--redis-url",
+            &url,
+            "--failure-mode",
+            "allow",
+            "--redis-timeout",
+            "50",
+            "--shutdown-delay",
+            "8",
+        ],
     );
+    let c = s.client().await;
+    let h = HealthClient::new(s.channel().await);
+    let r = req("life", vec![desc(&[("k", "v")])]);
+    redis.pause();
+    let down = crate::support::eventually(Duration::from_secs(10), || {
+        let (mut c, mut h, r) = (c.clone(), h.clone(), r.clone());
+        async move {
+            let _ = c.should_rate_limit(r).await;
+            health_of(&mut h, "").await == ServingStatus::NotServing as i32
+        }
+    })
+    .await;
+    assert!(down, "health did not follow the store down");
+
+    s.terminate();
+    redis.resume();
+    let recovered = crate::support::eventually(Duration::from_secs(5), || {
+        let (mut c, r, s) = (c.clone(), r.clone(), &s);
+        async move {
+            let _ = c.should_rate_limit(r).await;
+            s.metrics().await.contains("sluice_store_breaker_state 0")
+        }
+    })
+    .await;
+    assert!(recovered, "the breaker did not close again");
+    // The health task polls every 500 ms: give it time to misbehave.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut h = h.clone();
+    for service in SERVICES {
+        assert_eq!(
+            health_of(&mut h, service).await,
+            ServingStatus::NotServing as i32,
+            "{service:?}"
+        );
+    }
+    assert_eq!(readyz(&s).await, 503);
+}
+
+/// A `ShouldRateLimit` call over a raw HTTP/2 connection whose headers are
+/// sent (and known to have been read by sluice) before its message.
+struct SplitCall {
+    body: h2::SendStream<bytes::Bytes>,
+    response: h2::client::ResponseFuture,
+    _conn: tokio::task::JoinHandle<()>,
+}
+
+impl SplitCall {
+    async fn open(addr: std::net::SocketAddr) -> SplitCall {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, mut conn) = h2::client::handshake(tcp).await.unwrap();
+        let mut ping = conn.ping_pong().unwrap();
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{addr}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, body) = client.send_request(request, false).unwrap();
+        // The server answers a PING only after reading every frame before
+        // it: once the PONG is back, sluice has the call's headers.
+        tokio::time::timeout(Duration::from_secs(5), ping.ping(h2::Ping::opaque()))
+            .await
+            .unwrap()
+            .unwrap();
+        SplitCall {
+            body,
+            response,
+            _conn: conn,
+        }
+    }
+
+    /// Sends the message and returns the call's answer (grpc-status and
+    /// decoded response), or why there was none.
+    async fn finish(
+        mut self,
+        msg: &sluice::grpc::pb::envoy::service::ratelimit::v3::RateLimitRequest,
+    ) -> Result<
+        (
+            String,
+            Option<sluice::grpc::pb::envoy::service::ratelimit::v3::RateLimitResponse>,
+        ),
+        String,
+    > {
+        use prost::Message as _;
+        let encoded = msg.encode_to_vec();
+        let mut framed = Vec::with_capacity(5 + encoded.len());
+        framed.push(0);
+        framed.extend_from_slice(&u32::try_from(encoded.len()).unwrap().to_be_bytes());
+        framed.extend_from_slice(&encoded);
+        self.body
+            .send_data(framed.into(), true)
+            .map_err(|e| format!("sending the message: {e}"))?;
+        let answer = async {
+            let response = self
+                .response
+                .await
+                .map_err(|e| format!("no response: {e}"))?;
+            // A trailers-only answer (an error) carries grpc-status in the headers.
+            if let Some(status) = response.headers().get("grpc-status") {
+                return Ok((status.to_str().unwrap_or("").to_string(), None));
+            }
+            let mut body = response.into_body();
+            let mut data = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.map_err(|e| format!("reading the body: {e}"))?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                data.extend_from_slice(&chunk);
+            }
+            let trailers = body
+                .trailers()
+                .await
+                .map_err(|e| format!("reading trailers: {e}"))?
+                .ok_or("no trailers")?;
+            let status = trailers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let decoded = (data.len() >= 5).then(|| {
+                sluice::grpc::pb::envoy::service::ratelimit::v3::RateLimitResponse::decode(
+                    &data[5..],
+                )
+                .unwrap()
+            });
+            Ok((status, decoded))
+        };
+        tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .map_err(|_| "no answer within 10 s".to_string())?
+    }
+}
+
+/// A call whose headers reached sluice before SIGTERM and whose message
+/// arrives 300 ms after it is answered, with the shutdown delay at 0 so
+/// the call spans the drain itself.
+#[tokio::test]
+async fn call_open_at_sigterm_is_answered() {
+    let mut s = Sluice::start(CONFIG, &["--shutdown-delay", "0", "--drain-timeout", "5"]);
+    let call = SplitCall::open(s.grpc_addr).await;
+    s.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = call.finish(&req("life", vec![desc(&[("k", "v")])])).await;
+    let (status, response) = answer.unwrap();
+    assert_eq!(status, "0");
+    assert_eq!(response.unwrap().overall_code, OK);
+    let exit = tokio::task::spawn_blocking(move || s.wait_exit(Duration::from_secs(8)))
+        .await
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
 }

@@ -109,6 +109,9 @@ impl Sluice {
             .args(opts.args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // Tests stop sluice often: no shutdown delay unless a test asks for
+        // one (a `--shutdown-delay` argument wins over this).
+        cmd.env("SLUICE_SHUTDOWN_DELAY", "0");
         for (k, v) in opts.env {
             cmd.env(k, v);
         }

@@ -38,14 +38,29 @@ async fn start_envoy(dir: &Path, sluice_port: u16) -> Envoy {
 }
 
 async fn start_envoy_from(template: &str, dir: &Path, sluice_port: u16) -> Envoy {
+    start_envoy_on(template, dir, &[sluice_port]).await
+}
+
+/// Envoy from `template` with its ports rewritten to free ones and the
+/// sluice cluster's one endpoint replaced by one per port of `sluices`.
+async fn start_envoy_on(template: &str, dir: &Path, sluices: &[u16]) -> Envoy {
+    const ENDPOINT: &str = "              - endpoint:
+                  address:
+                    socket_address: { address: 127.0.0.1, port_value: 8081 }
+";
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let template = std::fs::read_to_string(root.join(template)).unwrap();
+    assert!(template.contains(ENDPOINT), "{template}");
+    let endpoints: String = sluices
+        .iter()
+        .map(|p| ENDPOINT.replace("port_value: 8081", &format!("port_value: {p}")))
+        .collect();
     let (admin, front, upstream) = (free_port(), free_port(), free_port());
     let config = template
         .replace("port_value: 9901", &format!("port_value: {admin}"))
         .replace("port_value: 10000", &format!("port_value: {front}"))
         .replace("port_value: 10001", &format!("port_value: {upstream}"))
-        .replace("port_value: 8081", &format!("port_value: {sluice_port}"));
+        .replace(ENDPOINT, &endpoints);
     let path = dir.join("envoy.yaml");
     std::fs::write(&path, config).unwrap();
     let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
@@ -218,4 +233,145 @@ async fn envoy_enforces_api_key_plans() {
     assert_eq!(r.status(), 429);
     assert!(r.text().await.unwrap().contains("REVOKED"));
     let _ = key;
+}
+
+/// A rolling update under load: two replicas behind the real Envoy (the
+/// shipped envoy-keys.yaml: failure_mode_deny, gRPC health checks), keyed
+/// traffic on four connections, SIGTERM to one replica with the default
+/// shutdown delay. Not one request may fail, and every request must show
+/// up in the key's usage, whichever replica answered it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_under_load_fails_no_request_and_loses_no_usage() {
+    use crate::keys::{Admin, create_key, create_plan, limit};
+    use sluice::grpc::pb::sluice::v1 as pb;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    const CONFIG: &str = "\
+domain: gateway
+api_key:
+  descriptor_key: x-api-key
+  on_invalid: deny
+descriptors: []
+";
+    let db = crate::support::db::TestDb::new(crate::support::db::Kind::Postgres).await;
+    // The default --shutdown-delay (5 s): what a rollout gets out of the box.
+    let delay = ["--shutdown-delay", "5"];
+    let mut first = crate::keys::start_config(&db, CONFIG, &delay);
+    let second = crate::keys::start_config(&db, CONFIG, &delay);
+    let envoy = start_envoy_on(
+        "examples/envoy/envoy-keys.yaml",
+        first.config_dir(),
+        &[first.grpc_addr.port(), second.grpc_addr.port()],
+    )
+    .await;
+    let mut admin = Admin::new(&second, "all").await;
+    create_plan(&mut admin, "big", vec![limit(1_000_000, pb::Unit::Hour)]).await;
+    let (key, secret) = create_key(&mut admin, "big", &[]).await;
+
+    // Both replicas take traffic before the rollout starts.
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{}/", envoy.front);
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (client, url, secret) = (client.clone(), url.clone(), secret.clone());
+        let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            // Bounded: 60 s or 20 000 requests per task, whichever first.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                let r = client
+                    .get(&url)
+                    .header("x-api-key", &secret)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        let status = r.status();
+                        failures.push(format!("{status}: {}", r.text().await.unwrap_or_default()));
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        failures.push(e.to_string());
+                    }
+                }
+            }
+            failures
+        }));
+    }
+    let both_busy = crate::support::eventually(Duration::from_secs(20), || {
+        let (a, b) = (&first, &second);
+        async move {
+            let decided = |m: &str| m.contains("sluice_rpc_decisions_total{result=\"ok\"}");
+            decided(&a.metrics().await) && decided(&b.metrics().await)
+        }
+    })
+    .await;
+    assert!(both_busy, "Envoy did not spread traffic over both replicas");
+    let before = ok.load(Ordering::Relaxed);
+
+    first.terminate();
+    let exit = tokio::task::spawn_blocking(move || {
+        let st = first.wait_exit(Duration::from_secs(30));
+        (st, first)
+    })
+    .await
+    .unwrap();
+    let (status, first) = exit;
+    assert!(status.success(), "exit status {status:?}");
+    // Traffic goes on through the replica left.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for t in load {
+        failures.extend(t.await.unwrap());
+    }
+    let total = ok.load(Ordering::Relaxed);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests across the rollout: {:?}",
+        &failures[..failures.len().min(10)]
+    );
+    assert!(
+        total > before + 100,
+        "too little traffic across the rollout to mean anything: {before} then {total}"
+    );
+    drop(first);
+
+    // Every admitted request is in the key's usage: the stopped replica's
+    // share flushed at shutdown, the other's by its periodic flush.
+    let admitted = Arc::new(AtomicU64::new(0));
+    let flushed = crate::support::eventually(Duration::from_secs(10), || {
+        let mut client = admin.client.clone();
+        let r = admin.req(pb::GetUsageRequest {
+            key_id: key.id.clone(),
+            ..Default::default()
+        });
+        let admitted = admitted.clone();
+        async move {
+            let days = client.get_usage(r).await.unwrap().into_inner().days;
+            let sum = days.iter().map(|d| d.admitted).sum::<u64>();
+            admitted.store(sum, Ordering::Relaxed);
+            sum == total
+        }
+    })
+    .await;
+    assert!(
+        flushed,
+        "usage counts {} admitted, {total} requests were",
+        admitted.load(Ordering::Relaxed)
+    );
 }

@@ -42,10 +42,11 @@ use crate::http::{self, HttpState};
 use crate::keys::cache::KeyCache;
 use crate::keys::hashing::KeyHasher;
 use crate::keys::notify::RedisBus;
-use crate::keys::repo::{Backend, Repository, redact};
+use crate::keys::repo::{Backend, Repository};
 use crate::keys::{KeyAdmin, KeyOptions, KeyParts, Resolver, UsageFlusher};
+use crate::secret::{Secret, redact_url};
 use crate::shutdown::{Coordinator, Phase, Shutdown};
-use crate::store::redis::{RedisOptions, RedisStore, redacted};
+use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::resilient::{AnyStore, ResilienceOptions, Resilient};
 use crate::store::{CounterStore, MemoryStore};
 use crate::telemetry::metrics::{self, Metrics};
@@ -87,7 +88,7 @@ pub struct KeysConfig {
     pub max_connections: u32,
     /// The HMAC secret keys are hashed under (`SLUICE_KEY_SECRET`);
     /// with SQLite, generated beside the database when not given.
-    pub key_secret: Option<Vec<u8>>,
+    pub key_secret: Option<Secret>,
     pub auth: AdminAuthConfig,
     pub options: KeyOptions,
 }
@@ -95,9 +96,9 @@ pub struct KeysConfig {
 impl std::fmt::Debug for KeysConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeysConfig")
-            .field("database_url", &redact(&self.database_url))
+            .field("database_url", &redact_url(&self.database_url))
             .field("migrate", &self.migrate)
-            .field("key_secret", &self.key_secret.as_ref().map(|_| "***"))
+            .field("key_secret", &self.key_secret)
             .field("auth", &self.auth)
             .finish_non_exhaustive()
     }
@@ -135,13 +136,14 @@ pub async fn open_key_store(
     cfg: &KeysConfig,
 ) -> anyhow::Result<(Repository, KeyHasher, AdminAuth)> {
     let dir = sqlite_dir(&cfg.database_url);
-    if let Some(d) = &dir {
-        std::fs::create_dir_all(d)
-            .with_context(|| format!("cannot create the database directory {}", d.display()))?;
-    }
     let repo = Repository::connect(&cfg.database_url, cfg.max_connections)
         .await
-        .with_context(|| format!("cannot open the key store at {}", redact(&cfg.database_url)))?;
+        .with_context(|| {
+            format!(
+                "cannot open the key store at {}",
+                redact_url(&cfg.database_url)
+            )
+        })?;
     if cfg.migrate {
         repo.migrate()
             .await
@@ -161,7 +163,7 @@ pub async fn open_key_store(
             "SLUICE_KEY_SECRET must be set (at least 32 bytes) when keys are stored in PostgreSQL; every replica needs the same one"
         ),
     };
-    let hasher = KeyHasher::new(&key_secret)?;
+    let hasher = KeyHasher::new(key_secret.expose())?;
     let mut auth_cfg = cfg.auth.clone();
     let no_admin_key = auth_cfg.hs256_secret.is_none()
         && auth_cfg.public_key_pem.is_none()
@@ -253,7 +255,7 @@ impl Application {
         let store = match &cfg.redis {
             None => AnyStore::Memory(local),
             Some(r) => {
-                let url = redacted(&r.options.url);
+                let url = redact_url(&r.options.url);
                 let redis = RedisStore::connect(r.options.clone())
                     .await
                     .with_context(|| format!("cannot connect to Redis at {url}"))?;
@@ -273,14 +275,14 @@ impl Application {
         ));
         let (repo, hasher, auth) = open_key_store(&cfg.keys).await?;
         tracing::info!(
-            database = %redact(&cfg.keys.database_url),
+            database = %redact_url(&cfg.keys.database_url),
             admin_api = auth.is_enabled(),
             "key store ready"
         );
         let mut bus: Option<Arc<dyn crate::keys::ChangeBus>> = None;
         if let Some(r) = &cfg.redis {
             let o = &r.options;
-            match RedisBus::connect(&o.url, o.password.as_deref(), &o.key_prefix).await {
+            match RedisBus::connect(&o.url, o.password.as_ref(), &o.key_prefix).await {
                 Ok(b) => bus = Some(Arc::new(b)),
                 Err(e) => tracing::warn!(
                     error = %e,

@@ -18,6 +18,8 @@
 //! * [`telemetry`]: logging and Prometheus metrics.
 //! * [`cli`]: the admin client commands (`sluice keys|plans|usage|audit`).
 //! * [`shutdown`]: the shutdown phases every server and task follows.
+//! * [`secret`]: [`secret::Secret`] and the URL redactor: what never reaches
+//!   a log. A leaf every module may use.
 //! * [`app`]: the one place that wires concrete parts together and runs
 //!   them until shutdown.
 
@@ -30,6 +32,7 @@ pub mod engine;
 pub mod grpc;
 pub mod http;
 pub mod keys;
+pub mod secret;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -16,6 +16,7 @@ use sluice::engine::{HeaderMode, RequestLimits};
 use sluice::keys::KeyOptions;
 use sluice::keys::cache::CacheOptions;
 use sluice::keys::guard::GuardOptions;
+use sluice::secret::{Secret, redact_url};
 use sluice::store::redis::RedisOptions;
 use sluice::store::resilient::{FailureMode, ResilienceOptions};
 use sluice::telemetry::{self, LogFormat};
@@ -108,23 +109,6 @@ enum FailureModeArg {
     Allow,
     Deny,
     Local,
-}
-
-/// A secret from the command line or the environment; never printed.
-#[derive(Clone)]
-struct Secret(String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
-    }
 }
 
 /// A listen address, or "" for none.
@@ -324,13 +308,10 @@ fn migrate(db: &DatabaseArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        if let Some(dir) = sluice::app::sqlite_dir(&db.database_url) {
-            std::fs::create_dir_all(&dir)?;
-        }
         let repo = sluice::keys::repo::Repository::connect(&db.database_url, 1).await?;
         repo.migrate().await?;
         repo.close().await;
-        println!("migrated {}", sluice::keys::repo::redact(&db.database_url));
+        println!("migrated {}", redact_url(&db.database_url));
         Ok(())
     })
 }
@@ -351,7 +332,7 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
     }
     let ttl = sluice::cli::parse_duration(&args.ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
     let secret = match &args.jwt_secret {
-        Some(s) => s.0.as_bytes().to_vec(),
+        Some(s) => s.expose().to_vec(),
         None => {
             let Some(file) = sluice::app::jwt_secret_file(&args.db.database_url) else {
                 anyhow::bail!(
@@ -413,9 +394,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         database_url: args.db.database_url,
         migrate: !args.no_migrate,
         max_connections: args.database_max_connections,
-        key_secret: args.key_secret.map(|s| s.0.into_bytes()),
+        key_secret: args.key_secret,
         auth: AdminAuthConfig {
-            hs256_secret: args.jwt_secret.map(|s| s.0.into_bytes()),
+            hs256_secret: args.jwt_secret,
             public_key_pem: args.jwt_public_key,
             jwks: args.jwt_jwks,
             issuer: args.jwt_issuer,
@@ -460,7 +441,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         clock_offset_ns: args.test_clock_offset_ms.saturating_mul(1_000_000),
         redis: args.redis_url.map(|url| {
             let mut options = RedisOptions::new(url);
-            options.password = args.redis_password.map(|s| s.0);
+            options.password = args.redis_password;
             options.key_prefix = args.redis_key_prefix;
             options.command_timeout = Duration::from_millis(args.redis_timeout.max(1));
             options.pool_size = args.redis_pool_size.max(1);

@@ -16,10 +16,10 @@
 //! * `keys.rs`: loading and checking the secret, PEM and JWKS keys.
 //! * `verify.rs`: [`AdminAuthConfig`], [`AdminAuth`], [`Claims`].
 //! * `mint.rs`: [`mint_hs256`].
-//! * `secrets.rs`: secret files and [`Secret`].
+//! * `secrets.rs`: secret files.
 //!
 //! May depend on: jsonwebtoken, base64, serde, serde_json, getrandom, hex,
-//! thiserror; nothing else in the crate. Pure: no gRPC, no async, no SQL;
+//! thiserror; [`crate::secret`] only, in the crate. Pure: no gRPC, no async, no SQL;
 //! the only I/O is reading key files when an [`AdminAuth`] is built and the
 //! secret files of [`secrets`].
 
@@ -34,7 +34,6 @@ use std::path::PathBuf;
 
 pub use mint::{MAX_TTL, MintError, mint_hs256};
 pub use scope::Scope;
-pub use secrets::Secret;
 pub use token::MAX_TOKEN_BYTES;
 pub use verify::{AdminAuth, AdminAuthConfig, Claims};
 

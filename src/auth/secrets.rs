@@ -1,14 +1,14 @@
 //! Server secrets: files created on first start with random bytes (hex
 //! text, mode 0600) beside the embedded database, read back on the next
-//! start and refused when group or others could read them; the secret
-//! given in an environment variable; and [`Secret`], which never prints.
+//! start and refused when group or others could read them.
 //!
-//! May depend on: std, getrandom, hex, thiserror.
+//! May depend on: std, getrandom, hex, thiserror; [`crate::secret`].
 
-use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::path::{Path, PathBuf};
+
+use crate::secret::Secret;
 
 /// Largest secret file read; a secret is a few dozen bytes of hex.
 const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
@@ -43,29 +43,21 @@ pub enum SecretError {
 /// [`SecretError`] when the file cannot be read or created, is not hex,
 /// holds fewer than `bytes` bytes, or (unix) has a mode that lets group or
 /// others at it (the message says `chmod 600 <file>`).
-pub fn load_or_create_secret(path: &Path, bytes: usize) -> Result<(Vec<u8>, bool), SecretError> {
+pub fn load_or_create_secret(path: &Path, bytes: usize) -> Result<(Secret, bool), SecretError> {
     if bytes == 0 {
         return Err(bad(path, "a secret needs at least 1 byte".into()));
     }
     if let Some(secret) = read_secret(path, bytes)? {
-        return Ok((secret, false));
+        return Ok((Secret::new(secret), false));
     }
     match create_secret(path, bytes)? {
-        Some(secret) => Ok((secret, true)),
+        Some(secret) => Ok((Secret::new(secret), true)),
         // Another process created it between our read and create.
         None => match read_secret(path, bytes)? {
-            Some(secret) => Ok((secret, false)),
+            Some(secret) => Ok((Secret::new(secret), false)),
             None => Err(bad(path, "was removed while being created".into())),
         },
     }
-}
-
-/// The secret given in an environment variable (`SLUICE_JWT_SECRET`,
-/// `SLUICE_KEY_SECRET`): its raw UTF-8 bytes, not decoded and not trimmed,
-/// so `openssl rand -hex 32` gives a 64-byte secret and a trailing newline
-/// counts. `sluice token` and the server must read it the same way.
-pub fn decode_secret_env(value: &str) -> Vec<u8> {
-    value.as_bytes().to_vec()
 }
 
 fn bad(path: &Path, problem: String) -> SecretError {
@@ -174,59 +166,6 @@ fn create_secret(path: &Path, bytes: usize) -> Result<Option<Vec<u8>>, SecretErr
     Ok(Some(secret))
 }
 
-/// Secret bytes that never show in `Debug` output or logs.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    pub fn new(bytes: Vec<u8>) -> Secret {
-        Secret(bytes)
-    }
-
-    /// The secret of an environment variable, see [`decode_secret_env`].
-    pub fn from_env(value: &str) -> Secret {
-        Secret(decode_secret_env(value))
-    }
-
-    /// The secret bytes; keep them out of logs and errors.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-
-    pub fn into_bytes(self) -> Vec<u8> {
-        self.0
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl From<Vec<u8>> for Secret {
-    fn from(bytes: Vec<u8>) -> Secret {
-        Secret(bytes)
-    }
-}
-
-/// Parses like [`Secret::from_env`], so clap can fill a `Secret` field.
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Secret, Self::Err> {
-        Ok(Secret::from_env(s))
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,9 +197,9 @@ mod tests {
         let (a, created) = load_or_create_secret(&p, 32).unwrap();
         assert!(created);
         assert_eq!(a.len(), 32);
-        assert_ne!(a, vec![0u8; 32]);
+        assert_ne!(a.expose(), [0u8; 32]);
         let text = std::fs::read_to_string(&p).unwrap();
-        assert_eq!(hex::decode(text.trim()).unwrap(), a);
+        assert_eq!(hex::decode(text.trim()).unwrap(), a.expose());
         #[cfg(unix)]
         {
             assert_eq!(mode(&p), 0o600);
@@ -288,7 +227,10 @@ mod tests {
         // 0400 is fine: only the owner reads it.
         let p = dir.path().join("readonly");
         write_with_mode(&p, &"ab".repeat(32), 0o400);
-        assert_eq!(load_or_create_secret(&p, 32).unwrap().0, vec![0xab; 32]);
+        assert_eq!(
+            load_or_create_secret(&p, 32).unwrap().0.expose(),
+            [0xab; 32]
+        );
     }
 
     #[cfg(unix)]
@@ -321,10 +263,8 @@ mod tests {
         load_or_create_secret(&p, 32).unwrap();
         let body = format!("  {}\n\n", "0f".repeat(40));
         std::fs::write(&p, body).unwrap();
-        assert_eq!(
-            load_or_create_secret(&p, 32).unwrap(),
-            (vec![0x0f; 40], false)
-        );
+        let (secret, created) = load_or_create_secret(&p, 32).unwrap();
+        assert_eq!((secret.expose(), created), (&[0x0f; 40][..], false));
     }
 
     #[test]
@@ -335,18 +275,5 @@ mod tests {
         let e = load_or_create_secret(&dir.path().join("s"), 0).unwrap_err();
         assert!(matches!(e, SecretError::Bad { .. }), "{e}");
         assert!(!dir.path().join("s").exists());
-    }
-
-    #[test]
-    fn env_secrets_are_raw_bytes_and_secret_never_prints() {
-        assert_eq!(decode_secret_env("ab cd\n"), b"ab cd\n".to_vec());
-        assert_eq!(decode_secret_env("é"), vec![0xc3, 0xa9]);
-        let s: Secret = "hunter2-hunter2".parse().unwrap();
-        assert_eq!(s.expose(), b"hunter2-hunter2");
-        assert_eq!(format!("{s:?}"), "Secret(***)");
-        assert_eq!(
-            format!("{:?}", Some(Secret::new(vec![1, 2]))),
-            "Some(Secret(***))"
-        );
     }
 }

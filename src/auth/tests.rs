@@ -96,7 +96,7 @@ fn config() -> AdminAuthConfig {
 /// HS256 with a required issuer and audience, as most tests use.
 fn hs() -> AdminAuth {
     AdminAuth::from_config(&AdminAuthConfig {
-        hs256_secret: Some(SECRET.to_vec()),
+        hs256_secret: Some(SECRET.to_vec().into()),
         issuer: Some(ISS.into()),
         audience: Some(AUD.into()),
         ..config()
@@ -223,7 +223,7 @@ fn leeway_covers_small_clock_skew() {
 #[test]
 fn iss_and_aud_are_free_when_not_configured() {
     let open = AdminAuth::from_config(&AdminAuthConfig {
-        hs256_secret: Some(SECRET.to_vec()),
+        hs256_secret: Some(SECRET.to_vec().into()),
         ..config()
     })
     .unwrap();
@@ -406,7 +406,7 @@ fn algorithm_confusion_is_rejected() {
     assert_rejected(&jwks(), &confused, "HS256 is not allowed");
     // With an HS256 secret configured too, it meets the real secret.
     let both = AdminAuth::from_config(&AdminAuthConfig {
-        hs256_secret: Some(SECRET.to_vec()),
+        hs256_secret: Some(SECRET.to_vec().into()),
         public_key_pem: Some(fixture("rsa.pub")),
         ..config()
     })
@@ -507,7 +507,7 @@ fn jwks_keys_are_chosen_by_kid() {
 #[test]
 fn secret_and_public_keys_together() {
     let all = AdminAuth::from_config(&AdminAuthConfig {
-        hs256_secret: Some(SECRET.to_vec()),
+        hs256_secret: Some(SECRET.to_vec().into()),
         public_key_pem: Some(fixture("ed.pub")),
         jwks: Some(fixture("jwks.json")),
         ..config()
@@ -626,7 +626,7 @@ fn disabled_when_nothing_is_configured() {
 fn short_secrets_and_large_leeway_are_config_errors() {
     for len in [0, 1, 31] {
         let e = AdminAuth::from_config(&AdminAuthConfig {
-            hs256_secret: Some(vec![b'x'; len]),
+            hs256_secret: Some(vec![b'x'; len].into()),
             ..config()
         })
         .unwrap_err()
@@ -637,12 +637,12 @@ fn short_secrets_and_large_leeway_are_config_errors() {
         );
     }
     AdminAuth::from_config(&AdminAuthConfig {
-        hs256_secret: Some(vec![b'x'; 32]),
+        hs256_secret: Some(vec![b'x'; 32].into()),
         ..config()
     })
     .unwrap();
     let e = AdminAuth::from_config(&AdminAuthConfig {
-        hs256_secret: Some(SECRET.to_vec()),
+        hs256_secret: Some(SECRET.to_vec().into()),
         leeway_secs: u64::MAX,
         ..config()
     })
@@ -829,7 +829,7 @@ fn bad_jwks_files_are_named_with_the_problem() {
 #[test]
 fn debug_output_hides_the_secret() {
     let c = AdminAuthConfig {
-        hs256_secret: Some(SECRET.to_vec()),
+        hs256_secret: Some(SECRET.to_vec().into()),
         ..config()
     };
     let text = format!("{c:?} {:?}", AdminAuth::from_config(&c).unwrap());

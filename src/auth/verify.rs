@@ -14,6 +14,8 @@ use serde_json::Value;
 
 use super::keys::{self, Alg, VerifyKey};
 use super::token::{self, Unverified};
+use crate::secret::Secret;
+
 use super::{AuthConfigError, AuthError, MAX_LEEWAY_SECS, MAX_SUBJECT_BYTES, Scope};
 
 /// How admin tokens are checked. No secret and no public key: the admin
@@ -22,7 +24,7 @@ use super::{AuthConfigError, AuthError, MAX_LEEWAY_SECS, MAX_SUBJECT_BYTES, Scop
 pub struct AdminAuthConfig {
     /// The HS256 secret (`SLUICE_JWT_SECRET`, raw bytes), at least
     /// [`super::MIN_SECRET_BYTES`].
-    pub hs256_secret: Option<Vec<u8>>,
+    pub hs256_secret: Option<Secret>,
     /// A PEM public key (`--jwt-public-key`): RSA, EC P-256 or Ed25519.
     pub public_key_pem: Option<PathBuf>,
     /// A JWKS file (`--jwt-jwks`) of RSA, EC P-256 or Ed25519 keys.
@@ -39,7 +41,7 @@ pub struct AdminAuthConfig {
 impl fmt::Debug for AdminAuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdminAuthConfig")
-            .field("hs256_secret", &self.hs256_secret.as_ref().map(|_| "***"))
+            .field("hs256_secret", &self.hs256_secret)
             .field("public_key_pem", &self.public_key_pem)
             .field("jwks", &self.jwks)
             .field("issuer", &self.issuer)
@@ -114,7 +116,7 @@ impl AdminAuth {
         }
         let mut keys = Vec::new();
         if let Some(secret) = &c.hs256_secret {
-            keys.push(keys::hs256(secret)?);
+            keys.push(keys::hs256(secret.expose())?);
         }
         if let Some(path) = &c.public_key_pem {
             keys.push(keys::from_pem_file(path)?);

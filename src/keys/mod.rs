@@ -79,9 +79,10 @@ impl From<RepoError> for KeyError {
     fn from(e: RepoError) -> KeyError {
         match e {
             RepoError::Corrupt { .. } => KeyError::Internal(e.to_string()),
-            RepoError::Scheme(_) | RepoError::Db(_) | RepoError::Migrate(_) => {
-                KeyError::Unavailable(e.to_string())
-            }
+            RepoError::Scheme(_)
+            | RepoError::Create { .. }
+            | RepoError::Db(_)
+            | RepoError::Migrate(_) => KeyError::Unavailable(e.to_string()),
         }
     }
 }

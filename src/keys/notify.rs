@@ -9,7 +9,7 @@
 //! Redis pub/sub carries them too when Redis is configured ([`RedisBus`],
 //! [`listen_redis`]).
 //!
-//! May depend on: `keys`, sqlx's PostgreSQL listener, fred.
+//! May depend on: `keys`, `secret`, sqlx's PostgreSQL listener, fred.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use sqlx::postgres::PgListener;
 
 use super::cache::KeyCache;
 use super::repo::NOTIFY_CHANNEL;
+use crate::secret::Secret;
 
 /// Listens on PostgreSQL until `stop` resolves, applying each change to
 /// the key cache. Reconnects with backoff; never returns early.
@@ -87,11 +88,17 @@ pub fn redis_channel(prefix: &str) -> String {
     format!("{prefix}:key-changes")
 }
 
-fn redis_config(url: &str, password: Option<&str>) -> Result<fred::types::config::Config, String> {
+fn redis_config(
+    url: &str,
+    password: Option<&Secret>,
+) -> Result<fred::types::config::Config, String> {
     let mut config =
         fred::types::config::Config::from_url(url).map_err(|e| e.details().to_string())?;
     if let Some(p) = password {
-        config.password = Some(p.to_string());
+        let text = p
+            .expose_str()
+            .ok_or("the Redis password is not UTF-8 text")?;
+        config.password = Some(text.to_string());
     }
     Ok(config)
 }
@@ -103,7 +110,7 @@ impl RedisBus {
     /// A bad URL or an unreachable Redis, as a message.
     pub async fn connect(
         url: &str,
-        password: Option<&str>,
+        password: Option<&Secret>,
         prefix: &str,
     ) -> Result<RedisBus, String> {
         use fred::interfaces::ClientLike as _;
@@ -144,14 +151,14 @@ impl super::ChangeBus for RedisBus {
 /// since notices may have been missed.
 pub async fn listen_redis(
     url: String,
-    password: Option<String>,
+    password: Option<Secret>,
     prefix: String,
     keys: Arc<KeyCache>,
     stop: impl Future<Output = ()>,
 ) {
     use fred::interfaces::{ClientLike as _, EventInterface as _, PubsubInterface as _};
     tokio::pin!(stop);
-    let config = match redis_config(&url, password.as_deref()) {
+    let config = match redis_config(&url, password.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "key-change listener: bad Redis URL");

@@ -6,7 +6,7 @@
 //! together, so concurrent requests never over-admit. The memory store
 //! lives here; the Redis store will implement the same trait.
 //!
-//! May depend on: `core`, tokio (background sweeping). Never on gRPC,
+//! May depend on: `core`, `secret`, tokio (background sweeping). Never on gRPC,
 //! config loading or telemetry.
 
 pub mod memory;

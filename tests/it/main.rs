@@ -16,6 +16,7 @@ mod concurrency;
 mod envoy;
 mod grpcurl;
 mod http;
+mod key_store;
 mod keys;
 mod lifecycle;
 mod probe;

@@ -19,7 +19,7 @@
 //! * `usage.rs`: `usage_daily` and `api_keys.last_used_at`.
 //! * `audit.rs`: `audit_events`.
 //!
-//! May depend on: `keys::model`, sqlx. Knows nothing of gRPC or caching.
+//! May depend on: `keys::model`, `secret`, sqlx. Knows nothing of gRPC or caching.
 
 mod audit;
 mod keys;
@@ -33,6 +33,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 use super::model::{Actor, Millis, PlanLimit, StoredLimit};
+use crate::secret::redact_url;
 
 pub use keys::{Found, KeyChanges, KeyFilter};
 pub use usage::UsageDelta;
@@ -56,6 +57,12 @@ pub enum RepoError {
     Db(#[from] sqlx::Error),
     #[error("migrating the key store: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create {path}")]
+    Create {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("corrupt row in {table}: {what}")]
     Corrupt { table: &'static str, what: String },
 }
@@ -91,11 +98,15 @@ pub struct Repository {
 }
 
 impl Repository {
-    /// Connects (a SQLite file is created if missing).
+    /// Connects. A SQLite file is created if missing, mode 0600 (and the
+    /// journal files SQLite makes beside it take its mode), in a directory
+    /// created 0700, before SQLite opens it: nothing of the database is
+    /// ever readable by others, not even for a moment.
     ///
     /// # Errors
-    /// [`RepoError::Scheme`] for another URL; [`RepoError::Db`] when the
-    /// database cannot be reached.
+    /// [`RepoError::Scheme`] for another URL; [`RepoError::Create`] when the
+    /// SQLite file or its directory cannot be created; [`RepoError::Db`]
+    /// when the database cannot be reached.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Repository, RepoError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -103,7 +114,7 @@ impl Repository {
         } else if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else {
-            return Err(RepoError::Scheme(redact(url)));
+            return Err(RepoError::Scheme(redact_url(url)));
         };
         let url = match backend {
             // Create the file on first start.
@@ -113,6 +124,9 @@ impl Repository {
             }
             _ => url.to_string(),
         };
+        if backend == Backend::Sqlite {
+            create_sqlite_file(&url)?;
+        }
         let options = AnyConnectOptions::from_str(&url)?;
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
@@ -173,6 +187,41 @@ impl Repository {
             backend: self.backend,
         })
     }
+}
+
+/// Creates the SQLite database file of `url` (and its directory) when
+/// missing, owner-only from the start.
+fn create_sqlite_file(url: &str) -> Result<(), RepoError> {
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
+    let path = options.get_filename();
+    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") {
+        return Ok(());
+    }
+    fn create(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
+        move |source| RepoError::Create {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            builder.mode(0o700);
+        }
+        builder.create(dir).map_err(create(dir))?;
+    }
+    let mut file = std::fs::OpenOptions::new();
+    file.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        file.mode(0o600);
+    }
+    file.open(path).map_err(create(path))?;
+    Ok(())
 }
 
 // === the unit of work ===
@@ -268,19 +317,5 @@ fn corrupt(table: &'static str, what: impl std::fmt::Display) -> RepoError {
     RepoError::Corrupt {
         table,
         what: what.to_string(),
-    }
-}
-
-/// `url` without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
     }
 }

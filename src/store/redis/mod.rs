@@ -87,6 +87,7 @@ use smallvec::SmallVec;
 use super::{Check, CounterStore, Outcomes, StoreError, StoreHealth, StoreStats};
 use crate::core::algorithm::{self, FixedWindow, LimitState, Outcome, SlidingWindow, TokenBucket};
 use crate::core::limit::{Algorithm, ChargePolicy, LimitSpec};
+use crate::secret::{Secret, redact_url};
 
 pub use keys::KeySpace;
 use keys::Tag;
@@ -131,7 +132,7 @@ pub struct RedisOptions {
     /// sentinels that have their own credentials).
     pub url: String,
     /// Overrides the URL's password (e.g. from a secret file or env var).
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Prefix of every key (`--redis-key-prefix`); see [`keys`].
     pub key_prefix: String,
     /// Bound on every call; default 10 ms; must be above 0.
@@ -163,8 +164,8 @@ impl RedisOptions {
 impl std::fmt::Debug for RedisOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisOptions")
-            .field("url", &redacted(&self.url))
-            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password)
             .field("key_prefix", &self.key_prefix)
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -172,60 +173,6 @@ impl std::fmt::Debug for RedisOptions {
             .field("expiry_jitter", &self.expiry_jitter)
             .finish()
     }
-}
-
-/// `url` with its password (and a `sentinelPassword` query value) replaced
-/// by `***`, for logs and errors. Userinfo without a `:` is hidden whole:
-/// it is often a password written in the user's place.
-pub fn redacted(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        // Not a URL: show nothing of it but its length.
-        return format!("<unparsable URL, {} bytes>", url.len());
-    };
-    let rest_start = scheme_end + 3;
-    let rest = &url[rest_start..];
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_len];
-    let mut out = String::with_capacity(url.len());
-    out.push_str(&url[..rest_start]);
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            match userinfo.find(':') {
-                Some(colon) => {
-                    out.push_str(&userinfo[..colon]);
-                    out.push_str(":***");
-                }
-                None => out.push_str("***"),
-            }
-            out.push_str(&authority[at..]);
-        }
-        None => out.push_str(authority),
-    }
-    let tail = &rest[authority_len..];
-    match tail.find('?') {
-        Some(q) => {
-            out.push_str(&tail[..=q]);
-            let query = &tail[q + 1..];
-            let (query, fragment) = match query.find('#') {
-                Some(h) => (&query[..h], &query[h..]),
-                None => (query, ""),
-            };
-            let pairs: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) if k.to_ascii_lowercase().contains("password") => {
-                        format!("{k}=***")
-                    }
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            out.push_str(&pairs.join("&"));
-            out.push_str(fragment);
-        }
-        None => out.push_str(tail),
-    }
-    out
 }
 
 /// Why [`RedisStore::connect`] failed.
@@ -343,7 +290,7 @@ impl RedisStore {
     /// [`ConnectError`]: bad URL or prefix, Redis unreachable or refusing
     /// (authentication), or too slow.
     pub async fn connect(options: RedisOptions) -> Result<RedisStore, ConnectError> {
-        let url = redacted(&options.url);
+        let url = redact_url(&options.url);
         let keys = KeySpace::new(&options.key_prefix).map_err(ConnectError::Config)?;
         if options.command_timeout.is_zero() || options.connect_timeout.is_zero() {
             // fred reads 0 as "no timeout"; every call here is bounded.
@@ -353,8 +300,11 @@ impl RedisStore {
         }
         let mut config = Config::from_url(&options.url)
             .map_err(|e| ConnectError::Config(format!("Redis URL {url}: {}", e.details())))?;
-        if let Some(password) = options.password {
-            config.password = Some(password);
+        if let Some(password) = &options.password {
+            let text = password.expose_str().ok_or_else(|| {
+                ConnectError::Config("the Redis password is not UTF-8 text".to_owned())
+            })?;
+            config.password = Some(text.to_owned());
         }
         // The first connection's errors are returned, not retried.
         config.fail_fast = true;

@@ -1314,7 +1314,7 @@ async fn passwords_work_and_are_never_shown() {
     assert!(one(&in_url, check(b"pw", &limits, 1)).await.admitted);
 
     let opts = RedisOptions {
-        password: Some(pw.to_owned()),
+        password: Some(pw.parse().unwrap()),
         command_timeout: Duration::from_secs(2),
         ..RedisOptions::new(format!("redis://:wrong-one@127.0.0.1:{port}"))
     };
@@ -1331,29 +1331,6 @@ async fn passwords_work_and_are_never_shown() {
     let shown = format!("{err} {err:?}");
     assert!(!shown.contains("wrong-one"), "{shown}");
     assert!(shown.contains("127.0.0.1"), "{shown}");
-}
-
-#[test]
-fn redacted_hides_passwords_only() {
-    let cases = [
-        ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
-        ("redis://:pw@host:1/2", "redis://:***@host:1/2"),
-        ("rediss://user:pw@host", "rediss://user:***@host"),
-        ("redis://pw@host", "redis://***@host"),
-        ("redis://u:p@ss@host/0", "redis://u:***@host/0"),
-        (
-            "redis-cluster://u:pw@a:1?node=b:2&node=c:3",
-            "redis-cluster://u:***@a:1?node=b:2&node=c:3",
-        ),
-        (
-            "redis-sentinel://:pw@s:26379/0?sentinelServiceName=m&sentinelPassword=spw&node=t:1",
-            "redis-sentinel://:***@s:26379/0?sentinelServiceName=m&sentinelPassword=***&node=t:1",
-        ),
-        ("not a url :pw@", "<unparsable URL, 14 bytes>"),
-    ];
-    for (url, want) in cases {
-        assert_eq!(redacted(url), want, "{url}");
-    }
 }
 
 #[tokio::test]

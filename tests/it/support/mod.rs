@@ -44,6 +44,8 @@ pub struct Opts<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// Write the config as a directory with this file name instead of a file.
     pub as_dir: bool,
+    /// Start under this umask (octal, e.g. "022") instead of the test's.
+    pub umask: Option<&'a str>,
 }
 
 impl Sluice {
@@ -75,7 +77,14 @@ impl Sluice {
 
     /// Starts sluice on an existing config path kept in `dir`.
     pub fn start_on_path(dir: tempfile::TempDir, config_path: PathBuf, opts: &Opts<'_>) -> Sluice {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match opts.umask {
+            None => Command::new(BIN),
+            Some(mask) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("umask {mask} && exec \"$0\" \"$@\""), BIN]);
+                sh
+            }
+        };
         let store = if opts.args.contains(&"--redis-url") {
             Vec::new()
         } else {

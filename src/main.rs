@@ -178,6 +178,9 @@ struct ServeArgs {
     /// Longest entry key or value, in bytes.
     #[arg(long, env = "SLUICE_MAX_VALUE_BYTES", default_value_t = RequestLimits::default().max_value_bytes)]
     max_value_bytes: usize,
+    /// Most hits one request or descriptor may add (hits_addend).
+    #[arg(long, env = "SLUICE_MAX_HITS_ADDEND", default_value_t = RequestLimits::default().max_hits_addend)]
+    max_hits_addend: u64,
     /// Largest encoded gRPC request, in bytes.
     #[arg(long, env = "SLUICE_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
     max_request_bytes: usize,
@@ -433,6 +436,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_descriptors: args.max_descriptors,
             max_entries: args.max_entries,
             max_value_bytes: args.max_value_bytes,
+            max_hits_addend: args.max_hits_addend,
         },
         max_metric_keys: args.max_metric_keys,
         max_request_bytes: args.max_request_bytes,

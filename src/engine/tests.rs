@@ -509,6 +509,7 @@ async fn invalid_requests_name_the_field_and_the_bound() {
                 max_descriptors: 2,
                 max_entries: 3,
                 max_value_bytes: 8,
+                max_hits_addend: 100,
             },
             ..settings()
         },
@@ -567,6 +568,20 @@ async fn invalid_requests_name_the_field_and_the_bound() {
     assert_eq!(err.field, "domain");
     assert!(err.problem.contains("limit of 8"), "{err}");
 
+    let mut r = request("t", vec![one("a", "b")]);
+    r.hits_addend = 101;
+    let err = invalid(e.decide(&r).await);
+    assert_eq!(err.field, "hits_addend");
+    assert!(
+        err.problem.contains("101") && err.problem.contains("limit of 100 (--max-hits-addend)"),
+        "{err}"
+    );
+    let mut d = one("a", "b");
+    d.hits_addend = Some(101);
+    let err = invalid(e.decide(&request("t", vec![one("a", "b"), d])).await);
+    assert_eq!(err.field, "descriptors[1].hits_addend");
+    assert!(err.problem.contains("limit of 100"), "{err}");
+
     // At the bounds: fine.
     let ok = e
         .decide(&request(
@@ -580,6 +595,12 @@ async fn invalid_requests_name_the_field_and_the_bound() {
     assert!(ok.is_ok());
     // Nothing was counted for the refused requests.
     assert_eq!(e.store().store_stats().live_counters, 0);
+    let mut r = request("t", vec![one("x", "y")]);
+    r.hits_addend = 100;
+    assert!(e.decide(&r).await.is_ok());
+    let mut d = one("x", "z");
+    d.hits_addend = Some(100);
+    assert!(e.decide(&request("t", vec![d])).await.is_ok());
 }
 
 // ---------------------------------------------------------------------------
@@ -1067,6 +1088,7 @@ fn arbitrary_requests_with_headers_and_global_shadow_mode() {
             max_descriptors: 3,
             max_entries: 2,
             max_value_bytes: 3,
+            ..RequestLimits::default()
         },
     });
     check_arbitrary_requests(Settings {

@@ -12,6 +12,9 @@ pub struct RequestLimits {
     pub max_entries: usize,
     /// Bytes of one entry key or value.
     pub max_value_bytes: usize,
+    /// Hits one request (or one descriptor) may add: without a bound, one
+    /// call could use up any window.
+    pub max_hits_addend: u64,
 }
 
 impl Default for RequestLimits {
@@ -20,6 +23,7 @@ impl Default for RequestLimits {
             max_descriptors: 64,
             max_entries: 32,
             max_value_bytes: 1024,
+            max_hits_addend: 1_000_000,
         }
     }
 }
@@ -40,6 +44,16 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidReque
     }
 }
 
+fn too_many_hits(field: impl Into<String>, hits: u64, limits: &RequestLimits) -> InvalidRequest {
+    invalid(
+        field,
+        format!(
+            "is {hits}, more than the limit of {} (--max-hits-addend)",
+            limits.max_hits_addend
+        ),
+    )
+}
+
 /// Checks a request against `limits`.
 ///
 /// # Errors
@@ -57,6 +71,9 @@ pub fn validate(req: &Request<'_>, limits: &RequestLimits) -> Result<(), Invalid
                 limits.max_value_bytes
             ),
         ));
+    }
+    if u64::from(req.hits_addend) > limits.max_hits_addend {
+        return Err(too_many_hits("hits_addend", req.hits_addend.into(), limits));
     }
     if req.descriptors.is_empty() {
         return Err(invalid("descriptors", "must not be empty"));
@@ -107,6 +124,15 @@ pub fn validate(req: &Request<'_>, limits: &RequestLimits) -> Result<(), Invalid
                     ));
                 }
             }
+        }
+        if let Some(h) = d.hits_addend
+            && h > limits.max_hits_addend
+        {
+            return Err(too_many_hits(
+                format!("descriptors[{i}].hits_addend"),
+                h,
+                limits,
+            ));
         }
         if let Some(o) = d.limit_override
             && o.unit.is_none()

@@ -420,3 +420,59 @@ async fn request_id_is_echoed_or_generated() {
         id
     );
 }
+
+/// `hits_addend` is bounded (request and descriptor), so that one call
+/// cannot use up a window: past `--max-hits-addend` (default 1,000,000)
+/// the answer is INVALID_ARGUMENT naming the field and the bound, over
+/// gRPC and `/json`, and nothing is counted.
+#[tokio::test]
+async fn hits_addend_is_bounded() {
+    let s = Sluice::start(CONFIG, &[]);
+    let mut c = s.client().await;
+    let mut r = req("rls", vec![desc(&[("generic_key", "three")])]);
+    r.hits_addend = 1_000_001;
+    let err = c.should_rate_limit(r.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "hits_addend: is 1000001, more than the limit of 1000000 (--max-hits-addend)"
+    );
+    let mut d = desc(&[("generic_key", "three")]);
+    d.hits_addend = Some(pbjson_types::UInt64Value { value: 1_000_001 });
+    let err = c
+        .should_rate_limit(req("rls", vec![desc(&[("user", "u")]), d]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("descriptors[1].hits_addend: is 1000001, more than the limit of 1000000"),
+        "{}",
+        err.message()
+    );
+    // Nothing was charged: the limit of 3 still admits 3.
+    let three = req("rls", vec![desc(&[("generic_key", "three")])]);
+    assert_eq!(codes(&mut c, &three, 4).await, vec![OK, OK, OK, OVER]);
+
+    let s = Sluice::start(CONFIG, &["--max-hits-addend", "5"]);
+    let json = |hits: u32| {
+        let url = s.http("/json");
+        async move {
+            let body = format!(
+                r#"{{"domain":"rls","hitsAddend":{hits},"descriptors":[{{"entries":[{{"key":"user","value":"j"}}]}}]}}"#
+            );
+            let r = reqwest::Client::new()
+                .post(url)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, body) = json(6).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("limit of 5 (--max-hits-addend)"), "{body}");
+    // At the bound: decided (over the limit of 2 per minute).
+    assert_eq!(json(5).await.0, 429);
+}

@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic_reflection::server as reflection;
+use tower_layer::{Identity, Stack};
 
 use crate::auth::secrets::load_or_create_secret;
 use crate::auth::{AdminAuth, AdminAuthConfig};
@@ -34,6 +35,7 @@ use crate::config::{self, LoadOptions, watch::ConfigWatch};
 use crate::core::clock::SystemClock;
 use crate::core::stats::StatsRegistry;
 use crate::engine::{Engine, HeaderMode, RequestLimits, Settings};
+use crate::grpc::observe::ObserveLayer;
 use crate::grpc::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::sluice::v1::admin_service_server::AdminServiceServer;
 use crate::grpc::pb::sluice::v1::key_service_server::KeyServiceServer;
@@ -437,8 +439,11 @@ impl Application {
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
+        // Spans and admin call counts, on both listeners.
+        let observe = ObserveLayer::new(metrics.clone());
         let grpc_task = spawn_grpc(
             tonic::transport::Server::builder()
+                .layer(observe.clone())
                 .add_service(rls)
                 .add_service(key_service)
                 .add_service(health_service.clone())
@@ -453,6 +458,7 @@ impl Application {
                 let (reflection_v1, reflection_v1alpha) = reflection(&admin_plane)?;
                 Some(spawn_grpc(
                     tonic::transport::Server::builder()
+                        .layer(observe)
                         .add_service(admin_service)
                         .add_service(health_service)
                         .add_service(reflection_v1)
@@ -613,7 +619,7 @@ const FINAL_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 /// the calls still open have finished. Every gRPC listener is served
 /// through here, so that all of them drain alike.
 fn spawn_grpc(
-    router: tonic::transport::server::Router,
+    router: tonic::transport::server::Router<Stack<ObserveLayer, Identity>>,
     listener: TcpListener,
     shutdown: &Shutdown,
 ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {

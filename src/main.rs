@@ -267,6 +267,17 @@ struct ServeArgs {
     /// Admin calls allowed per token subject per minute (0: no limit).
     #[arg(long, env = "SLUICE_ADMIN_CALLS_PER_MINUTE", default_value_t = 600)]
     admin_calls_per_minute: u32,
+    /// Export traces over OTLP to this collector (as OTEL_EXPORTER_OTLP_ENDPOINT). Unset, with
+    /// no OTEL_EXPORTER_OTLP_*ENDPOINT either: tracing is off.
+    #[arg(long, env = "SLUICE_OTEL_ENDPOINT")]
+    otel_endpoint: Option<String>,
+    /// Trace this ratio (0 to 1) of new traces; a caller's sampled trace is always continued and
+    /// an unsampled one never exported (parent-based). Overrides OTEL_TRACES_SAMPLER.
+    #[arg(long, env = "SLUICE_TRACE_SAMPLING", value_name = "RATIO")]
+    trace_sampling: Option<f64>,
+    /// Put descriptor entries (request data: user ids, keys, addresses) on trace spans.
+    #[arg(long, env = "SLUICE_TRACE_DESCRIPTOR_VALUES")]
+    trace_descriptor_values: bool,
     /// Shift the clock by this many milliseconds (testing window alignment only).
     #[arg(
         long,
@@ -392,7 +403,33 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         LogFormatArg::Json => LogFormat::Json,
         LogFormatArg::Text => LogFormat::Text,
     };
-    telemetry::init_logging(format, &args.log_level)?;
+    let trace_flags = telemetry::otel::TraceFlags {
+        endpoint: args.otel_endpoint.clone(),
+        sampling: args.trace_sampling,
+        descriptor_values: args.trace_descriptor_values,
+    };
+    let otel = telemetry::otel::OtelConfig::from_sources(&|k| std::env::var(k).ok(), &trace_flags)?;
+    // Exports run on the service's runtime, so it comes first.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let pipeline = match &otel {
+        Some(cfg) => {
+            let _in_runtime = runtime.enter();
+            Some(telemetry::otel::Pipeline::install(cfg)?)
+        }
+        None => None,
+    };
+    telemetry::init_logging(format, &args.log_level, pipeline.as_ref())?;
+    if let Some(cfg) = &otel {
+        tracing::info!(
+            endpoint = %cfg.endpoint,
+            protocol = ?cfg.protocol,
+            sampler = ?cfg.sampler,
+            service = cfg.service_name(),
+            "exporting traces"
+        );
+    }
     let keys = KeysConfig {
         database_url: args.db.database_url,
         migrate: !args.no_migrate,
@@ -465,13 +502,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }),
         keys,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let app = Application::build(cfg).await?;
         app.run_until_stopped(shutdown_signal()).await
-    })
+    });
+    // Send what is queued while the runtime still runs the exporter.
+    if let Some(p) = &pipeline {
+        p.shutdown();
+    }
+    result
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod convert;
 pub mod keys;
+pub mod observe;
 pub mod pb;
 pub mod rls;
 pub mod status;

@@ -26,6 +26,7 @@ use crate::keys::model::ResolvedKey;
 use crate::keys::{Resolver, Verdict};
 use crate::store::CounterStore;
 use crate::telemetry::metrics::{Metrics, Outcome};
+use crate::telemetry::trace;
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -208,6 +209,17 @@ impl<S: CounterStore> RateLimitService for RlsService<S> {
         let started = Instant::now();
         let id = request_id(request.metadata());
         let msg = request.get_ref();
+        trace::record_request(&msg.domain, msg.descriptors.len(), || {
+            msg.descriptors
+                .iter()
+                .map(|d| {
+                    d.entries
+                        .iter()
+                        .map(|e| (e.key.as_str(), e.value.as_str()))
+                        .collect()
+                })
+                .collect()
+        });
         let keyed = match self.resolve_keys(msg).await {
             Ok(k) => k,
             Err(mut status) => {
@@ -220,6 +232,7 @@ impl<S: CounterStore> RateLimitService for RlsService<S> {
             None => (Vec::new(), Vec::new()),
             Some(Keyed::Decide(k, l)) => (k, l),
             Some(Keyed::Deny(answer)) => {
+                trace::record_code(true);
                 let mut response = Response::new(answer);
                 response.metadata_mut().insert(REQUEST_ID, id);
                 self.metrics.record_rpc(started, Outcome::OverLimit);
@@ -260,6 +273,7 @@ impl<S: CounterStore> RateLimitService for RlsService<S> {
                     Code::Ok => Outcome::Ok,
                     Code::OverLimit => Outcome::OverLimit,
                 };
+                trace::record_decision(&decision);
                 let mut response = Response::new(convert::response(decision));
                 response.metadata_mut().insert(REQUEST_ID, id);
                 self.metrics.record_rpc(started, outcome);

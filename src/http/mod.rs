@@ -16,7 +16,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use prometheus_client::registry::Registry;
 
 use crate::engine::{Code, DecideError, Engine};
 use crate::grpc::convert;
@@ -30,7 +29,7 @@ use crate::telemetry::metrics::{self, Metrics, Outcome};
 pub struct HttpState<S> {
     pub engine: Arc<Engine<S>>,
     pub metrics: Arc<Metrics>,
-    pub registry: Registry,
+    pub registry: metrics::MetricsRegistry,
     /// A configuration has been loaded.
     pub ready: Arc<AtomicBool>,
     /// Readiness fails from the moment shutdown begins.

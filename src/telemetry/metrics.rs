@@ -1,8 +1,11 @@
 //! The Prometheus metrics of the service.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
+
+use parking_lot::Mutex;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -12,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use super::otel;
 use crate::core::stats::StatsSnapshot;
 use crate::engine::Engine;
 use crate::store::{CounterStore, StoreHealth, StoreStats};
@@ -30,12 +34,24 @@ pub enum Outcome {
     Error,
 }
 
+/// The trace of one request that fell in a bucket (an OpenMetrics
+/// exemplar), so a dashboard can jump from a slow bucket to its trace.
+#[derive(Clone, Copy, Debug)]
+struct Exemplar {
+    trace_id: opentelemetry::trace::TraceId,
+    span_id: opentelemetry::trace::SpanId,
+    seconds: f64,
+    at: SystemTime,
+}
+
 /// A latency histogram made of atomics: observing is two relaxed adds and
-/// a short scan, with no lock shared between requests.
+/// a short scan, with no lock shared between requests. Exemplars are kept
+/// only while tracing is on, one per bucket, the latest sampled request.
 #[derive(Debug, Default)]
 struct Histogram {
     buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     sum_ns: AtomicU64,
+    exemplars: [Mutex<Option<Exemplar>>; LATENCY_BUCKETS.len() + 1],
 }
 
 impl Histogram {
@@ -48,6 +64,48 @@ impl Histogram {
             .unwrap_or(LATENCY_BUCKETS.len());
         self.buckets[i].fetch_add(1, Relaxed);
         self.sum_ns.fetch_add(ns, Relaxed);
+        if otel::enabled()
+            && let Some((trace_id, span_id)) = super::current_ids()
+        {
+            *self.exemplars[i].lock() = Some(Exemplar {
+                trace_id,
+                span_id,
+                seconds: secs,
+                at: SystemTime::now(),
+            });
+        }
+    }
+
+    /// The histogram in OpenMetrics text, with exemplars.
+    /// (prometheus-client builds exemplars only inside its own locking
+    /// histogram, so this one is written here.)
+    fn encode(&self, name: &str, help: &str, out: &mut String) {
+        let (sum, count, buckets) = self.snapshot();
+        let _ = writeln!(out, "# HELP {name} {help}.");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let _ = writeln!(out, "# UNIT {name} seconds");
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+        let mut cumulative = 0;
+        for (i, (le, n)) in buckets.iter().enumerate() {
+            cumulative += n;
+            if le.is_infinite() {
+                let _ = write!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+            } else {
+                let _ = write!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+            }
+            if let Some(e) = *self.exemplars[i].lock() {
+                let at =
+                    e.at.duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                let _ = write!(
+                    out,
+                    " # {{trace_id=\"{}\",span_id=\"{}\"}} {} {at:.3}",
+                    e.trace_id, e.span_id, e.seconds
+                );
+            }
+            out.push('\n');
+        }
     }
 
     /// (sum in seconds, count, per-bucket counts); the encoder makes them
@@ -80,6 +138,8 @@ pub struct Metrics {
     /// ValidateKey answers by code (VALID, NOT_FOUND, ...; ERROR for a
     /// failed call).
     pub key_validations: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// AdminService calls by method and gRPC code (both from fixed sets).
+    pub admin_requests: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 impl Metrics {
@@ -172,15 +232,44 @@ fn gauge(
 
 impl Collector for ServiceCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let (sum, count, buckets) = self.metrics.latency.snapshot();
-        let mut m = encoder.encode_descriptor(
-            "sluice_rpc_duration_seconds",
-            "Time to answer a ShouldRateLimit call, from request decoded to response built",
-            None,
-            MetricType::Histogram,
-        )?;
-        m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
-
+        {
+            let mut m = encoder.encode_descriptor(
+                "sluice_build_info",
+                "The running build: always 1, its version in the label",
+                None,
+                MetricType::Gauge,
+            )?;
+            let labels = [("version", env!("CARGO_PKG_VERSION"))];
+            let e = m.encode_family(&labels)?;
+            ConstGauge::new(1).encode(e)?;
+        }
+        {
+            let stats = otel::export_stats();
+            let load = |f: fn(&super::export::ExportStats) -> u64| stats.map_or(0, |s| f(s));
+            let mut m = encoder.encode_descriptor(
+                "sluice_trace_spans",
+                "Finished sampled spans by what became of them: exported, export_failed (the collector was down, refused them or timed out) or dropped (the export queue was full)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, v) in [
+                ("exported", load(|s| s.exported.load(Relaxed))),
+                ("export_failed", load(|s| s.failed.load(Relaxed))),
+                ("dropped", load(|s| s.dropped.load(Relaxed))),
+            ] {
+                let labels = [("outcome", outcome)];
+                let e = m.encode_family(&labels)?;
+                ConstCounter::new(v).encode(e)?;
+            }
+            gauge(
+                &mut encoder,
+                "sluice_trace_queue_spans",
+                "Finished spans waiting for export (bounded by OTEL_BSP_MAX_QUEUE_SIZE)",
+                stats.map_or(0, |s| {
+                    i64::try_from(s.queued.load(Relaxed)).unwrap_or(i64::MAX)
+                }),
+            )?;
+        }
         {
             let mut m = encoder.encode_descriptor(
                 "sluice_rpc_decisions",
@@ -308,8 +397,15 @@ impl Collector for ServiceCollector {
     }
 }
 
+/// The service's metrics, ready to render.
+#[derive(Debug)]
+pub struct MetricsRegistry {
+    registry: Registry,
+    metrics: Arc<Metrics>,
+}
+
 /// Builds the registry for `metrics` and the engine behind `source`.
-pub fn registry(metrics: Arc<Metrics>, source: Arc<dyn StatsSource>) -> Registry {
+pub fn registry(metrics: Arc<Metrics>, source: Arc<dyn StatsSource>) -> MetricsRegistry {
     let mut registry = Registry::default();
     registry.register(
         "sluice_config_load_success",
@@ -326,15 +422,34 @@ pub fn registry(metrics: Arc<Metrics>, source: Arc<dyn StatsSource>) -> Registry
         "ValidateKey answers by code",
         metrics.key_validations.clone(),
     );
-    registry.register_collector(Box::new(ServiceCollector { metrics, source }));
-    registry
+    registry.register(
+        "sluice_admin_requests",
+        "AdminService calls by method and gRPC code",
+        metrics.admin_requests.clone(),
+    );
+    registry.register_collector(Box::new(ServiceCollector {
+        metrics: metrics.clone(),
+        source,
+    }));
+    registry.register_collector(Box::new(super::process::ProcessCollector));
+    MetricsRegistry { registry, metrics }
 }
 
-/// Prometheus text for `registry`.
-pub fn render(registry: &Registry) -> String {
-    let mut out = String::with_capacity(4096);
-    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+/// OpenMetrics text for `registry`.
+pub fn render(registry: &MetricsRegistry) -> String {
+    let mut out = String::with_capacity(8192);
+    if prometheus_client::encoding::text::encode(&mut out, &registry.registry).is_err() {
         out.clear();
+        return out;
     }
+    // The latency histogram (with its exemplars) goes before the end marker.
+    let end = out.rfind("# EOF").unwrap_or(out.len());
+    let mut histogram = String::with_capacity(2048);
+    registry.metrics.latency.encode(
+        "sluice_rpc_duration_seconds",
+        "Time to answer a ShouldRateLimit call, from request decoded to response built",
+        &mut histogram,
+    );
+    out.insert_str(end, &histogram);
     out
 }

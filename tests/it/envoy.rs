@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::{Sluice, avoid_minute_boundary, tool};
 
-struct Envoy {
+pub struct Envoy {
     child: Child,
-    front: u16,
+    pub front: u16,
 }
 
 impl Drop for Envoy {
@@ -25,7 +25,7 @@ impl Drop for Envoy {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -38,12 +38,23 @@ async fn start_envoy(dir: &Path, sluice_port: u16) -> Envoy {
 }
 
 async fn start_envoy_from(template: &str, dir: &Path, sluice_port: u16) -> Envoy {
-    start_envoy_on(template, dir, &[sluice_port]).await
+    start_envoy_with(template, dir, &[sluice_port], &[]).await
 }
 
 /// Envoy from `template` with its ports rewritten to free ones and the
 /// sluice cluster's one endpoint replaced by one per port of `sluices`.
 async fn start_envoy_on(template: &str, dir: &Path, sluices: &[u16]) -> Envoy {
+    start_envoy_with(template, dir, sluices, &[]).await
+}
+
+/// As [`start_envoy_on`], and each `(port, new)` of `more` replaced too
+/// (another cluster's port, such as a trace collector's).
+pub async fn start_envoy_with(
+    template: &str,
+    dir: &Path,
+    sluices: &[u16],
+    more: &[(u16, u16)],
+) -> Envoy {
     const ENDPOINT: &str = "              - endpoint:
                   address:
                     socket_address: { address: 127.0.0.1, port_value: 8081 }
@@ -56,11 +67,14 @@ async fn start_envoy_on(template: &str, dir: &Path, sluices: &[u16]) -> Envoy {
         .map(|p| ENDPOINT.replace("port_value: 8081", &format!("port_value: {p}")))
         .collect();
     let (admin, front, upstream) = (free_port(), free_port(), free_port());
-    let config = template
+    let mut config = template
         .replace("port_value: 9901", &format!("port_value: {admin}"))
         .replace("port_value: 10000", &format!("port_value: {front}"))
         .replace("port_value: 10001", &format!("port_value: {upstream}"))
         .replace(ENDPOINT, &endpoints);
+    for (old, new) in more {
+        config = config.replace(&format!("port_value: {old}"), &format!("port_value: {new}"));
+    }
     let path = dir.join("envoy.yaml");
     std::fs::write(&path, config).unwrap();
     let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
@@ -98,7 +112,7 @@ async fn start_envoy_on(template: &str, dir: &Path, sluices: &[u16]) -> Envoy {
     envoy
 }
 
-async fn get(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+pub async fn get(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut r = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{}{path}", envoy.front))
         .timeout(Duration::from_secs(5));

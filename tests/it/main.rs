@@ -24,3 +24,4 @@ mod redis_fixtures_selftest;
 mod redis_store;
 mod reload;
 mod rls;
+mod traces;

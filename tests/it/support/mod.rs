@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod otlp;
 pub mod redis;
 
 use std::io::{BufRead, BufReader};
@@ -114,7 +115,11 @@ impl Sluice {
             .arg(&config_path)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(&admin)
-            .args(["--log-format", "text", "--log-level", "info"])
+            .args(if opts.args.contains(&"--log-format") {
+                &[][..]
+            } else {
+                &["--log-format", "text", "--log-level", "info"][..]
+            })
             .args(opts.args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -305,9 +310,17 @@ fn store_args() -> Vec<String> {
     ]
 }
 
+/// A field of a log line: `name=value` (text) or `"name":"value"` (JSON).
 fn field<'a>(line: &'a str, name: &str) -> &'a str {
-    let start = line.find(name).unwrap() + name.len();
-    line[start..].split_whitespace().next().unwrap()
+    if let Some(start) = line.find(name) {
+        return line[start + name.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap();
+    }
+    let key = format!("\"{}\":\"", name.trim_end_matches('='));
+    let start = line.find(&key).unwrap() + key.len();
+    line[start..].split('"').next().unwrap()
 }
 
 /// A descriptor from `key=value` pairs.

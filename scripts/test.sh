@@ -30,6 +30,9 @@ command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 # A real PostgreSQL for the key-store tests (tests/it/keys.rs), reached at
 # SLUICE_IT_POSTGRES_URL (default postgres://postgres:postgres@127.0.0.1:5432/postgres).
+# A real Prometheus (server and promtool) for the alert rules and dashboard
+# tests (tests/it/alerts.rs).
+command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
 pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
 if ! pg_up && ! command -v pg_ctlcluster >/dev/null; then
     missing+=(postgresql)

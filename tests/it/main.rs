@@ -11,6 +11,7 @@
 mod support;
 
 mod admin_listener;
+mod alerts;
 mod check_config;
 mod concurrency;
 mod envoy;

@@ -5,6 +5,7 @@
 //! May depend on: `core`. The watcher uses notify and tokio; nothing here
 //! knows of gRPC, HTTP or the stores.
 
+mod authz;
 mod parse;
 pub mod watch;
 
@@ -189,6 +190,18 @@ pub fn load_sources(
                             ),
                         }),
                         (None, Some(b)) => existing.api_key = Some(b.clone()),
+                        _ => {}
+                    }
+                    match (&existing.authz, &domain.authz) {
+                        (Some(a), Some(b)) if a != b => errors.push(ConfigError {
+                            file: file.clone(),
+                            path: "authz".into(),
+                            message: format!(
+                                "differs from the authz of domain '{}' in {first_file}",
+                                existing.name
+                            ),
+                        }),
+                        (None, Some(b)) => existing.authz = Some(b.clone()),
                         _ => {}
                     }
                     if let Err(dups) = existing.root.absorb(domain.root) {

@@ -16,7 +16,7 @@ use crate::core::stats::StatsRegistry;
 use crate::core::unit::Unit;
 use crate::core::wildcard::Wildcard;
 
-const TOP_KEYS: &[&str] = &["domain", "descriptors", "api_key"];
+const TOP_KEYS: &[&str] = &["domain", "descriptors", "api_key", "authz"];
 const API_KEY_KEYS: &[&str] = &["descriptor_key", "on_invalid"];
 const NODE_KEYS: &[&str] = &[
     "key",
@@ -42,14 +42,19 @@ const LIMIT_KEYS: &[&str] = &[
 ];
 
 /// Collects errors for one file.
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     file: &'a str,
     errors: Vec<ConfigError>,
     stats: &'a StatsRegistry,
 }
 
 impl Ctx<'_> {
-    fn err(&mut self, path: &str, message: impl Into<String>) {
+    /// Whether an error was already reported at or below `path`.
+    pub(super) fn has_errors_under(&self, path: &str) -> bool {
+        self.errors.iter().any(|e| e.path.starts_with(path))
+    }
+
+    pub(super) fn err(&mut self, path: &str, message: impl Into<String>) {
         self.errors.push(ConfigError {
             file: self.file.to_string(),
             path: if path.is_empty() {
@@ -62,7 +67,7 @@ impl Ctx<'_> {
     }
 
     /// Reports keys of `map` that are not in `allowed`.
-    fn check_keys(&mut self, path: &str, map: &Mapping, allowed: &[&str]) {
+    pub(super) fn check_keys(&mut self, path: &str, map: &Mapping, allowed: &[&str]) {
         for k in map.keys() {
             match k.as_str() {
                 Some(name) if allowed.contains(&name) => {}
@@ -77,7 +82,7 @@ impl Ctx<'_> {
 
     /// A scalar read as a string, as the reference's YAML decoder does
     /// (`value: 10` is the string "10").
-    fn string(&mut self, path: &str, field: &str, v: Option<&Value>) -> Option<String> {
+    pub(super) fn string(&mut self, path: &str, field: &str, v: Option<&Value>) -> Option<String> {
         match v? {
             Value::String(s) => Some(s.clone()),
             Value::Number(n) => Some(n.to_string()),
@@ -131,7 +136,7 @@ impl Ctx<'_> {
     }
 }
 
-fn join(path: &str, field: &str) -> String {
+pub(super) fn join(path: &str, field: &str) -> String {
     if path.is_empty() {
         field.to_string()
     } else {
@@ -139,7 +144,7 @@ fn join(path: &str, field: &str) -> String {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(super) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -151,7 +156,7 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn show(v: &Value) -> String {
+pub(super) fn show(v: &Value) -> String {
     match v {
         Value::String(s) => format!("'{s}'"),
         Value::Number(n) => n.to_string(),
@@ -200,6 +205,7 @@ pub fn parse_domain(
     let name: Arc<str> = name.into();
     let root = parse_level(&mut ctx, "", &name, map.get("descriptors"));
     let api_key = parse_api_key(&mut ctx, map.get("api_key"));
+    let authz = super::authz::parse_authz(&mut ctx, map.get("authz"));
     let known = (!name.is_empty()).then(|| name.clone());
     if ctx.errors.is_empty() {
         (
@@ -208,6 +214,7 @@ pub fn parse_domain(
                 name,
                 root,
                 api_key,
+                authz,
             }),
         )
     } else {

@@ -6,6 +6,7 @@
 //! the engine, the stores and the config loader build on it.
 
 pub mod algorithm;
+pub mod authz;
 pub mod clock;
 pub mod key;
 pub mod limit;

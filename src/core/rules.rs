@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use super::authz::AuthzRule;
 use super::limit::{ChargePolicy, LimitSpec};
 use super::stats::RuleStats;
 use super::wildcard::Wildcard;
@@ -225,6 +226,9 @@ pub struct Domain {
     pub root: Level,
     /// Which descriptor entry carries an API key (sluice extension).
     pub api_key: Option<ApiKeyRule>,
+    /// How the gateway (ext_authz `Check`, `/auth`) treats this domain
+    /// (sluice extension).
+    pub authz: Option<AuthzRule>,
 }
 
 /// A domain's API-key descriptor: a descriptor holding an entry with this

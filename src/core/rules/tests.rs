@@ -54,6 +54,7 @@ fn level(nodes: Vec<Node>) -> Level {
 fn domain(name: &str, nodes: Vec<Node>) -> Domain {
     Domain {
         api_key: None,
+        authz: None,
         name: name.into(),
         root: level(nodes),
     }
@@ -375,6 +376,7 @@ fn absorb_moves_new_nodes_and_reports_every_duplicate() {
     a.absorb(b).expect("disjoint levels merge");
     let d = Domain {
         api_key: None,
+        authz: None,
         name: "d".into(),
         root: a,
     };

@@ -64,6 +64,7 @@ fn request<'a>(entries: &[(&'a str, &'a str)]) -> Request<'a> {
             ..Descriptor::default()
         }],
         hits_addend: 0,
+        header_mode: None,
     }
 }
 
@@ -99,6 +100,7 @@ fn decide(c: &mut Criterion) {
             })
             .collect(),
         hits_addend: 0,
+        header_mode: None,
     };
     c.bench_function("ok_five_descriptors", |b| {
         b.iter(|| {

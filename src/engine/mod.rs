@@ -194,7 +194,11 @@ impl<S: CounterStore> Engine<S> {
     pub async fn decide(&self, req: &Request<'_>) -> Result<Decision, DecideError> {
         validate::validate(req, &self.settings.request_limits)?;
         let rules = self.rules.load();
-        let Some(domain) = rules.domain(req.domain) else {
+        let domain = rules.domain(req.domain);
+        let mode = req.header_mode.unwrap_or(self.settings.headers);
+        // An unknown domain has no rules, but a caller's own limits (an API
+        // key's plan) apply whatever the domain.
+        if domain.is_none() && req.descriptors.iter().all(|d| d.subject.is_none()) {
             return Ok(self.finish(
                 req.descriptors
                     .iter()
@@ -202,8 +206,9 @@ impl<S: CounterStore> Engine<S> {
                     .collect(),
                 Code::Ok,
                 &[],
+                mode,
             ));
-        };
+        }
 
         let default_hits = if req.hits_addend == 0 {
             1
@@ -214,15 +219,16 @@ impl<S: CounterStore> Engine<S> {
         let mut plans: SmallVec<[Plan<'_>; 4]> = SmallVec::with_capacity(req.descriptors.len());
         for d in &req.descriptors {
             let hits = d.hits_addend.unwrap_or(default_hits);
-            let plan = if let Some(s) = &d.subject {
-                self.subject_plan(domain.name.as_ref(), s, hits, &mut keys)
-            } else if let Some(o) = d.limit_override {
-                self.override_plan(domain.name.as_ref(), d, o, hits, &mut keys)
-            } else {
-                match domain.find(&d.entries) {
-                    None => Plan::None,
-                    Some(m) => self.rule_plan(&domain.name, d, &m, hits, &mut keys),
-                }
+            let plan = match (&d.subject, domain) {
+                (Some(s), _) => self.subject_plan(req.domain, s, hits, &mut keys),
+                (None, None) => Plan::None,
+                (None, Some(domain)) => match d.limit_override {
+                    Some(o) => self.override_plan(domain.name.as_ref(), d, o, hits, &mut keys),
+                    None => match domain.find(&d.entries) {
+                        None => Plan::None,
+                        Some(m) => self.rule_plan(&domain.name, d, &m, hits, &mut keys),
+                    },
+                },
             };
             plans.push(plan);
         }
@@ -292,7 +298,7 @@ impl<S: CounterStore> Engine<S> {
                     } else {
                         any_over |= code == Code::OverLimit;
                     }
-                    if self.settings.headers == HeaderMode::Ietf {
+                    if mode == HeaderMode::Ietf {
                         names.resize(statuses.len(), String::new());
                         names.push(policy_name(l, i));
                     }
@@ -317,11 +323,17 @@ impl<S: CounterStore> Engine<S> {
         } else {
             Code::Ok
         };
-        Ok(self.finish(statuses, overall, &names))
+        Ok(self.finish(statuses, overall, &names, mode))
     }
 
-    fn finish(&self, statuses: Vec<DescriptorStatus>, overall: Code, names: &[String]) -> Decision {
-        let response_headers = headers::build(self.settings.headers, &statuses, names);
+    fn finish(
+        &self,
+        statuses: Vec<DescriptorStatus>,
+        overall: Code,
+        names: &[String],
+        mode: HeaderMode,
+    ) -> Decision {
+        let response_headers = headers::build(mode, &statuses, names);
         Decision {
             overall,
             statuses,

@@ -8,6 +8,7 @@ use smallvec::SmallVec;
 use crate::core::limit::LimitSpec;
 use crate::core::rules::Entry;
 use crate::core::unit::Unit;
+use crate::engine::headers::HeaderMode;
 
 /// A question: may these descriptors of this domain go through?
 #[derive(Clone, Debug, Default)]
@@ -16,6 +17,8 @@ pub struct Request<'a> {
     pub descriptors: SmallVec<[Descriptor<'a>; 4]>,
     /// Hits for every descriptor without its own; 0 means 1.
     pub hits_addend: u32,
+    /// Rate-limit headers to build; `None`: the engine's setting.
+    pub header_mode: Option<HeaderMode>,
 }
 
 /// One descriptor of a request.

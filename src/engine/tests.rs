@@ -125,6 +125,7 @@ fn request<'a>(domain: &'a str, descriptors: Vec<Descriptor<'a>>) -> Request<'a>
         domain,
         descriptors: descriptors.into_iter().collect(),
         hits_addend: 0,
+        header_mode: None,
     }
 }
 
@@ -808,6 +809,34 @@ async fn custom_windows_report_their_length_and_reset() {
 }
 
 #[tokio::test]
+async fn a_subject_is_decided_in_an_unknown_domain_and_a_request_may_pick_its_headers() {
+    let (_, e) = engine(settings());
+    let limits = [LimitSpec::new(
+        2,
+        Unit::Minute,
+        Algorithm::FixedWindow,
+        None,
+        0,
+    )];
+    let mut req = request("no-such-domain", vec![subject(&limits), one("fixed", "h")]);
+    req.header_mode = Some(HeaderMode::Ietf);
+    for remaining in [1, 0] {
+        let d = decide(&e, &req).await;
+        assert_eq!(d.overall, Code::Ok);
+        assert_eq!(d.statuses[0].limit_remaining, remaining);
+        // No rules in an unknown domain: the other descriptor has no limit.
+        assert_eq!(d.statuses[1], DescriptorStatus::no_limit());
+        assert!(header(&d, "RateLimit").is_some(), "{d:?}");
+    }
+    let d = decide(&e, &req).await;
+    assert_eq!(d.overall, Code::OverLimit);
+    // Without a subject, an unknown domain is still answered OK unlimited.
+    let d = decide(&e, &request("no-such-domain", vec![one("fixed", "h")])).await;
+    assert_eq!(d.overall, Code::Ok);
+    assert!(d.response_headers.is_empty());
+}
+
+#[tokio::test]
 async fn no_headers_unless_asked() {
     let (_, e) = engine(settings());
     let d = decide(&e, &request("t", vec![one("fixed", "h")])).await;
@@ -1047,6 +1076,7 @@ fn check_arbitrary_requests(settings: Settings) {
                     })
                     .collect(),
                 hits_addend,
+                header_mode: None,
             };
             let Ok(d) = rt.block_on(e.decide(&req)) else {
                 return Ok(());

@@ -21,6 +21,7 @@ pub fn request(msg: &RateLimitRequest) -> Request<'_> {
     Request {
         domain: &msg.domain,
         hits_addend: msg.hits_addend,
+        header_mode: None,
         descriptors: msg
             .descriptors
             .iter()

@@ -31,15 +31,17 @@ use tower_layer::{Identity, Stack};
 
 use crate::auth::secrets::load_or_create_secret;
 use crate::auth::{AdminAuth, AdminAuthConfig};
+use crate::authz::{Gate, GateOptions};
 use crate::config::{self, LoadOptions, watch::ConfigWatch};
 use crate::core::clock::SystemClock;
 use crate::core::stats::StatsRegistry;
 use crate::engine::{Engine, HeaderMode, RequestLimits, Settings};
 use crate::grpc::observe::ObserveLayer;
+use crate::grpc::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use crate::grpc::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::sluice::v1::admin_service_server::AdminServiceServer;
 use crate::grpc::pb::sluice::v1::key_service_server::KeyServiceServer;
-use crate::grpc::{AdminGrpc, KeyGrpc, RlsService};
+use crate::grpc::{AdminGrpc, AuthzGrpc, KeyGrpc, RlsService};
 use crate::http::{self, HttpState};
 use crate::keys::cache::KeyCache;
 use crate::keys::hashing::KeyHasher;
@@ -76,6 +78,8 @@ pub struct ServeConfig {
     pub clock_offset_ns: i64,
     /// Shared counters in Redis; `None` keeps them in memory.
     pub redis: Option<RedisConfig>,
+    /// The gateway's ext_authz Check and /auth.
+    pub authz: GateOptions,
     /// API keys, plans and the admin API.
     pub keys: KeysConfig,
 }
@@ -402,6 +406,7 @@ impl Application {
             "",
             <RateLimitServiceServer<RlsService<Store>> as NamedService>::NAME,
             <KeyServiceServer<KeyGrpc<Store>> as NamedService>::NAME,
+            <AuthorizationServer<AuthzGrpc<Store>> as NamedService>::NAME,
         ];
         if admin.is_some() {
             health_services.push(<AdminServiceServer<AdminGrpc> as NamedService>::NAME);
@@ -417,6 +422,7 @@ impl Application {
         let data_plane = [
             <RateLimitServiceServer<RlsService<Store>> as NamedService>::NAME,
             <KeyServiceServer<KeyGrpc<Store>> as NamedService>::NAME,
+            <AuthorizationServer<AuthzGrpc<Store>> as NamedService>::NAME,
             HEALTH_SERVICE,
         ];
         let admin_plane = [
@@ -435,6 +441,9 @@ impl Application {
             .max_decoding_message_size(cfg.max_request_bytes);
         let admin_service = AdminServiceServer::new(AdminGrpc::new(key_admin, auth))
             .max_decoding_message_size(cfg.max_request_bytes);
+        let gate = Arc::new(Gate::new(engine.clone(), keys.clone(), cfg.authz.clone()));
+        let authz_service = AuthorizationServer::new(AuthzGrpc::new(gate.clone(), metrics.clone()))
+            .max_decoding_message_size(cfg.max_request_bytes);
 
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
@@ -446,6 +455,7 @@ impl Application {
                 .layer(observe.clone())
                 .add_service(rls)
                 .add_service(key_service)
+                .add_service(authz_service)
                 .add_service(health_service.clone())
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha),
@@ -477,6 +487,7 @@ impl Application {
         let registry = metrics::registry(metrics.clone(), engine.clone());
         let http_state = Arc::new(HttpState {
             engine: engine.clone(),
+            gate,
             metrics: metrics.clone(),
             registry,
             ready,

@@ -10,6 +10,9 @@
 //! * [`store`]: the counter-store trait and the in-memory store.
 //! * [`engine`]: request → decision, over `core` and the store trait.
 //! * [`auth`]: admin tokens (JWT) and server secret files.
+//! * [`authz`]: API keys at the gateway: what Envoy's ext_authz `Check`
+//!   and the forward-auth `/auth` endpoint share (reading the request,
+//!   the keyed decision, the HTTP-shaped answer).
 //! * [`keys`]: API keys and plans: the request-path resolver, the admin
 //!   side, the usage flusher, the SQL repository (PostgreSQL or SQLite),
 //!   cache and change notices.
@@ -25,6 +28,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod core;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use sluice::app::{Application, KeysConfig, RedisConfig, ServeConfig};
 use sluice::auth::{AdminAuthConfig, Scope};
+use sluice::authz::{GateOptions, IdentityHeaders};
 use sluice::config::{self, LoadOptions};
 use sluice::core::stats::StatsRegistry;
 use sluice::engine::{HeaderMode, RequestLimits};
@@ -73,6 +74,102 @@ struct DatabaseArgs {
         default_value = "sqlite://sluice-data/sluice.db"
     )]
     database_url: String,
+}
+
+/// The gateway: Envoy's ext_authz Check and forward auth on /auth.
+#[derive(Debug, Args)]
+struct AuthzArgs {
+    /// Domain whose `authz:` settings and descriptors apply when a route names none
+    /// (context extension / query parameter sluice.domain). Unset: the key's own limits only.
+    #[arg(long, env = "SLUICE_AUTHZ_DOMAIN")]
+    authz_domain: Option<String>,
+    /// Rate-limit headers on gateway answers (to the client).
+    #[arg(
+        long,
+        env = "SLUICE_AUTHZ_RESPONSE_HEADERS",
+        value_enum,
+        default_value = "ietf"
+    )]
+    authz_response_headers: HeadersArg,
+    /// Upstream header carrying the caller's key id.
+    #[arg(
+        long,
+        env = "SLUICE_AUTHZ_KEY_ID_HEADER",
+        default_value = "x-sluice-key-id"
+    )]
+    authz_key_id_header: String,
+    /// Upstream header carrying the key's owner.
+    #[arg(
+        long,
+        env = "SLUICE_AUTHZ_OWNER_HEADER",
+        default_value = "x-sluice-owner"
+    )]
+    authz_owner_header: String,
+    /// Upstream header carrying the key's plan.
+    #[arg(
+        long,
+        env = "SLUICE_AUTHZ_PLAN_HEADER",
+        default_value = "x-sluice-plan"
+    )]
+    authz_plan_header: String,
+    /// Upstream header carrying the key's scopes, space-separated.
+    #[arg(
+        long,
+        env = "SLUICE_AUTHZ_SCOPES_HEADER",
+        default_value = "x-sluice-scopes"
+    )]
+    authz_scopes_header: String,
+}
+
+impl AuthzArgs {
+    fn options(self) -> anyhow::Result<GateOptions> {
+        let identity = IdentityHeaders {
+            key_id: header_flag("--authz-key-id-header", self.authz_key_id_header)?,
+            owner: header_flag("--authz-owner-header", self.authz_owner_header)?,
+            plan: header_flag("--authz-plan-header", self.authz_plan_header)?,
+            scopes: header_flag("--authz-scopes-header", self.authz_scopes_header)?,
+        };
+        let names = [
+            &identity.key_id,
+            &identity.owner,
+            &identity.plan,
+            &identity.scopes,
+        ];
+        if names
+            .iter()
+            .enumerate()
+            .any(|(i, n)| names[..i].contains(n))
+        {
+            anyhow::bail!("--authz-*-header: the four identity headers need four different names");
+        }
+        Ok(GateOptions {
+            identity,
+            response_headers: header_mode(self.authz_response_headers),
+            default_domain: self.authz_domain.filter(|d| !d.is_empty()),
+        })
+    }
+}
+
+/// A header name flag: an HTTP token, lower-cased.
+fn header_flag(flag: &str, name: String) -> anyhow::Result<String> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !ok {
+        anyhow::bail!(
+            "{flag}: {name:?} is not a header name (letters, digits and !#$%&'*+-.^_`|~)"
+        );
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+fn header_mode(h: HeadersArg) -> HeaderMode {
+    match h {
+        HeadersArg::None => HeaderMode::None,
+        HeadersArg::Draft03 => HeaderMode::Draft03,
+        HeadersArg::Ietf => HeaderMode::Ietf,
+    }
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +244,8 @@ struct ServeArgs {
     /// "" turns the admin API off. Beyond loopback, give it TLS.
     #[arg(long, env = "SLUICE_ADMIN_GRPC_ADDR", default_value = "127.0.0.1:8082")]
     admin_grpc_addr: ListenAddr,
+    #[command(flatten)]
+    authz: AuthzArgs,
     /// Rate-limit headers to add to responses.
     #[arg(
         long,
@@ -461,11 +560,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
         admin_grpc_addr: args.admin_grpc_addr.0,
-        headers: match args.response_headers {
-            HeadersArg::None => HeaderMode::None,
-            HeadersArg::Draft03 => HeaderMode::Draft03,
-            HeadersArg::Ietf => HeaderMode::Ietf,
-        },
+        headers: header_mode(args.response_headers),
+        authz: args.authz.options()?,
         shadow_mode: args.shadow_mode,
         merge_domains: args.merge_domains,
         max_counters: args.max_counters,

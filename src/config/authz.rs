@@ -127,7 +127,7 @@ fn key_sources(ctx: &mut Ctx<'_>, v: &Value) -> Vec<KeySource> {
 
 /// Scopes as keys carry them: 1 to 64 visible ASCII characters, at most
 /// 32, no repeats.
-pub(super) fn scopes(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Vec<Arc<str>> {
+pub(super) fn scopes(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Vec<String> {
     let items = list(ctx, path, v);
     if items.len() > MAX_SCOPES {
         ctx.err(
@@ -139,7 +139,7 @@ pub(super) fn scopes(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Vec<Arc<str>> 
         );
         return Vec::new();
     }
-    let mut out: Vec<Arc<str>> = Vec::new();
+    let mut out: Vec<String> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let p = format!("{path}[{i}]");
         let s = match item {
@@ -155,10 +155,10 @@ pub(super) fn scopes(ctx: &mut Ctx<'_>, path: &str, v: &Value) -> Vec<Arc<str>> 
                 &p,
                 format!("'{s}' is not a scope (1 to {MAX_SCOPE} visible ASCII characters)"),
             );
-        } else if out.iter().any(|o| **o == *s) {
+        } else if out.contains(&s) {
             ctx.err(&p, format!("repeats scope '{s}'"));
         } else {
-            out.push(s.into());
+            out.push(s);
         }
     }
     out

@@ -63,7 +63,7 @@ pub struct AuthzRule {
     pub key_sources: Vec<KeySource>,
     /// Every one is required of the key; a route's `sluice.scopes`
     /// replaces them.
-    pub scopes: Vec<Arc<str>>,
+    pub scopes: Vec<String>,
     /// Hits charged to every limit per request (0: checked, not counted);
     /// a route's `sluice.cost` replaces it.
     pub cost: u64,

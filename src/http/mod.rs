@@ -1,10 +1,12 @@
-//! The HTTP side: `/healthz`, `/readyz`, `/metrics`, and `POST /json`,
-//! which takes a protojson `RateLimitRequest` and answers a protojson
+//! The HTTP side: `/healthz`, `/readyz`, `/metrics`, `POST /json`, which
+//! takes a protojson `RateLimitRequest` and answers a protojson
 //! `RateLimitResponse` (200 OK, 429 over limit, 400 bad input), as
-//! envoyproxy/ratelimit offers.
+//! envoyproxy/ratelimit offers, and forward auth on `/auth` ([`auth`]).
 //!
-//! May depend on: `engine`, `grpc::{pb, convert}` (the protocol types),
-//! `shutdown` (readiness), `telemetry`.
+//! May depend on: `engine`, `authz`, `grpc::{pb, convert}` (the protocol
+//! types), `shutdown` (readiness), `telemetry`.
+
+pub mod auth;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,8 +17,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
+use crate::authz::Gate;
 use crate::engine::{Code, DecideError, Engine};
 use crate::grpc::convert;
 use crate::grpc::pb::envoy::service::ratelimit::v3::RateLimitRequest;
@@ -28,6 +31,8 @@ use crate::telemetry::metrics::{self, Metrics, Outcome};
 #[derive(Debug)]
 pub struct HttpState<S> {
     pub engine: Arc<Engine<S>>,
+    /// Forward auth (`/auth`).
+    pub gate: Arc<Gate<S>>,
     pub metrics: Arc<Metrics>,
     pub registry: metrics::MetricsRegistry,
     /// A configuration has been loaded.
@@ -43,6 +48,8 @@ pub fn router<S: CounterStore>(state: Arc<HttpState<S>>) -> Router {
         .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics_text::<S>))
         .route("/json", post(json::<S>))
+        .route("/auth", any(auth::auth::<S>))
+        .route("/auth/{*path}", any(auth::auth_path::<S>))
         .with_state(state)
 }
 

@@ -140,9 +140,19 @@ pub struct Metrics {
     pub key_validations: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// AdminService calls by method and gRPC code (both from fixed sets).
     pub admin_requests: Family<Vec<(&'static str, String)>, Counter>,
+    /// Gateway answers (ext_authz Check, `/auth`) by transport and code
+    /// (OK, MISSING, NOT_FOUND, ..., RATE_LIMITED).
+    pub authz_checks: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl Metrics {
+    /// Records one gateway answer.
+    pub fn record_authz(&self, transport: &'static str, code: &'static str) {
+        self.authz_checks
+            .get_or_create(&vec![("transport", transport), ("code", code)])
+            .inc();
+    }
+
     /// Records one ShouldRateLimit call (gRPC or `/json`).
     pub fn record_rpc(&self, started: Instant, outcome: Outcome) {
         let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -426,6 +436,11 @@ pub fn registry(metrics: Arc<Metrics>, source: Arc<dyn StatsSource>) -> MetricsR
         "sluice_admin_requests",
         "AdminService calls by method and gRPC code",
         metrics.admin_requests.clone(),
+    );
+    registry.register(
+        "sluice_authz_checks",
+        "Gateway answers (ext_authz Check, /auth) by transport and code",
+        metrics.authz_checks.clone(),
     );
     registry.register_collector(Box::new(ServiceCollector {
         metrics: metrics.clone(),

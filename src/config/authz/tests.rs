@@ -65,10 +65,7 @@ authz:
             KeySource::Query("api_key".into())
         ]
     );
-    assert_eq!(
-        d.scopes.iter().map(|s| &**s).collect::<Vec<_>>(),
-        ["orders:read", "orders:write"]
-    );
+    assert_eq!(d.scopes, ["orders:read", "orders:write"]);
     assert_eq!(d.cost, 0);
     let e = |key: &str, value| EntryTemplate {
         key: key.into(),
@@ -100,7 +97,10 @@ fn refusals_name_the_field() {
     let cases: &[(&str, &str)] = &[
         ("authz: [1]", "authz: must be a mapping"),
         ("authz: {keys: x}", "authz: unknown key 'keys'"),
-        ("authz: {key_from: []}", "authz.key_from: needs at least one source"),
+        (
+            "authz: {key_from: []}",
+            "authz.key_from: needs at least one source",
+        ),
         (
             "authz: {key_from: [cookie:k]}",
             "authz.key_from[0]: unknown key source 'cookie:k'",
@@ -113,8 +113,14 @@ fn refusals_name_the_field() {
             "authz: {key_from: [bearer, bearer]}",
             "authz.key_from[1]: repeats 'bearer'",
         ),
-        ("authz: {scopes: ['a b']}", "authz.scopes[0]: 'a b' is not a scope"),
-        ("authz: {scopes: [a, a]}", "authz.scopes[1]: repeats scope 'a'"),
+        (
+            "authz: {scopes: ['a b']}",
+            "authz.scopes[0]: 'a b' is not a scope",
+        ),
+        (
+            "authz: {scopes: [a, a]}",
+            "authz.scopes[1]: repeats scope 'a'",
+        ),
         (
             "authz: {cost: 1000001}",
             "authz.cost: must be a whole number from 0 to 1000000, not 1000001",
@@ -176,5 +182,8 @@ fn merged_domains_must_agree_on_authz() {
         &StatsRegistry::default(),
     )
     .unwrap_err();
-    assert!(e.errors[0].to_string().contains("differs from the authz"), "{e}");
+    assert!(
+        e.errors[0].to_string().contains("differs from the authz"),
+        "{e}"
+    );
 }

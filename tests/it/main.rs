@@ -12,6 +12,7 @@ mod support;
 
 mod admin_listener;
 mod alerts;
+mod authz;
 mod check_config;
 mod concurrency;
 mod envoy;

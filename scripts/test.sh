@@ -34,7 +34,11 @@ command -v redis-cli >/dev/null || missing+=(redis-tools)
 # tests (tests/it/alerts.rs).
 command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
 pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
-if ! pg_up && ! command -v pg_ctlcluster >/dev/null; then
+# Start-up tests also run PostgreSQL servers of their own (initdb, postgres,
+# pg_isready from the same package; tests/it/support/pg.rs).
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && ! command -v initdb >/dev/null; then
+    missing+=(postgresql)
+elif ! pg_up && ! command -v pg_ctlcluster >/dev/null; then
     missing+=(postgresql)
 fi
 if [ ${#missing[@]} -gt 0 ]; then

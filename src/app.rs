@@ -46,11 +46,11 @@ use crate::http::{self, HttpState};
 use crate::keys::cache::KeyCache;
 use crate::keys::hashing::KeyHasher;
 use crate::keys::notify::RedisBus;
-use crate::keys::repo::{Backend, Repository};
+use crate::keys::repo::{Backend, RepoError, Repository};
 use crate::keys::{KeyAdmin, KeyOptions, KeyParts, Resolver, UsageFlusher};
 use crate::secret::{Secret, redact_url};
 use crate::shutdown::{Coordinator, Phase, Shutdown};
-use crate::store::redis::{RedisOptions, RedisStore};
+use crate::store::redis::{ConnectError, RedisOptions, RedisStore};
 use crate::store::resilient::{AnyStore, ResilienceOptions, Resilient};
 use crate::store::{CounterStore, MemoryStore};
 use crate::telemetry::metrics::{self, Metrics};
@@ -74,6 +74,9 @@ pub struct ServeConfig {
     pub shutdown_delay: Duration,
     /// How long calls still open after the delay get to finish.
     pub drain_timeout: Duration,
+    /// How long start-up retries a database or Redis that cannot be
+    /// reached yet (still starting beside sluice); zero: fail at once.
+    pub startup_wait: Duration,
     /// Shifts the memory store's clock (tests of window alignment).
     pub clock_offset_ns: i64,
     /// Shared counters in Redis; `None` keeps them in memory.
@@ -134,63 +137,140 @@ pub fn jwt_secret_file(database_url: &str) -> Option<PathBuf> {
 /// Connects the key store (migrating unless told not to) and settles the
 /// secrets: given ones win; with SQLite, missing ones are generated into
 /// files beside the database; with PostgreSQL the key secret is required
-/// and the admin API stays off without a token key.
+/// and the admin API stays off without a token key. Given secrets and key
+/// files are checked before anything is connected, so a bad one fails at
+/// once; a database that cannot be reached yet is retried for
+/// `startup_wait`.
 ///
 /// # Errors
 /// An unreachable database, a failed migration, or unusable secrets.
 pub async fn open_key_store(
     cfg: &KeysConfig,
+    startup_wait: Duration,
 ) -> anyhow::Result<(Repository, KeyHasher, AdminAuth)> {
+    // Where missing secrets are generated: beside a SQLite database only.
     let dir = sqlite_dir(&cfg.database_url);
-    let repo = Repository::connect(&cfg.database_url, cfg.max_connections)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the key store at {}",
-                redact_url(&cfg.database_url)
-            )
-        })?;
+    let given_hasher = match &cfg.key_secret {
+        Some(s) => Some(KeyHasher::new(s.expose())?),
+        None if dir.is_none() => anyhow::bail!(
+            "SLUICE_KEY_SECRET must be set (at least 32 bytes) when keys are stored in PostgreSQL; every replica needs the same one"
+        ),
+        None => None,
+    };
+    let no_admin_key = cfg.auth.hs256_secret.is_none()
+        && cfg.auth.public_key_pem.is_none()
+        && cfg.auth.jwks.is_none();
+    let given_auth = if no_admin_key && dir.is_some() {
+        None
+    } else {
+        Some(AdminAuth::from_config(&cfg.auth)?)
+    };
+    let url = redact_url(&cfg.database_url);
+    let repo = retry_at_start(
+        "the key store",
+        startup_wait,
+        RepoError::is_transient,
+        || Repository::connect(&cfg.database_url, cfg.max_connections),
+    )
+    .await
+    .with_context(|| format!("cannot open the key store at {url}"))?;
     if cfg.migrate {
-        repo.migrate()
-            .await
-            .context("cannot migrate the key store")?;
+        retry_at_start(
+            "the key store",
+            startup_wait,
+            RepoError::is_transient,
+            || repo.migrate(),
+        )
+        .await
+        .with_context(|| format!("cannot migrate the key store at {url}"))?;
     }
-    let key_secret = match (&cfg.key_secret, &dir) {
-        (Some(s), _) => s.clone(),
-        (None, Some(d)) => {
-            let file = d.join("key-secret");
+    // `dir` is always set below: without it both were required above.
+    let hasher = match (given_hasher, &dir) {
+        (Some(h), _) => h,
+        (None, d) => {
+            let file = d.clone().unwrap_or_default().join("key-secret");
             let (s, created) = load_or_create_secret(&file, 32)?;
             if created {
                 tracing::info!(file = %file.display(), "generated the key-hashing secret");
             }
-            s
+            KeyHasher::new(s.expose())?
         }
-        (None, None) => anyhow::bail!(
-            "SLUICE_KEY_SECRET must be set (at least 32 bytes) when keys are stored in PostgreSQL; every replica needs the same one"
-        ),
     };
-    let hasher = KeyHasher::new(key_secret.expose())?;
-    let mut auth_cfg = cfg.auth.clone();
-    let no_admin_key = auth_cfg.hs256_secret.is_none()
-        && auth_cfg.public_key_pem.is_none()
-        && auth_cfg.jwks.is_none();
-    if no_admin_key && let Some(d) = &dir {
-        let file = d.join("jwt-secret");
-        let (s, created) = load_or_create_secret(&file, 32)?;
-        tracing::info!(
-            file = %file.display(),
-            generated = created,
-            "admin tokens are signed with the secret in this file; mint one with `sluice token`"
-        );
-        auth_cfg.hs256_secret = Some(s);
-    }
-    let auth = AdminAuth::from_config(&auth_cfg)?;
+    let auth = match (given_auth, &dir) {
+        (Some(a), _) => a,
+        (None, d) => {
+            let file = d.clone().unwrap_or_default().join("jwt-secret");
+            let (s, created) = load_or_create_secret(&file, 32)?;
+            tracing::info!(
+                file = %file.display(),
+                generated = created,
+                "admin tokens are signed with the secret in this file; mint one with `sluice token`"
+            );
+            let mut auth_cfg = cfg.auth.clone();
+            auth_cfg.hs256_secret = Some(s);
+            AdminAuth::from_config(&auth_cfg)?
+        }
+    };
     if !auth.is_enabled() {
         tracing::warn!(
             "the admin API is disabled: set SLUICE_JWT_SECRET or --jwt-public-key / --jwt-jwks"
         );
     }
     Ok((repo, hasher, auth))
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or `wait` has passed:
+/// a dependency that is only slow to come up (PostgreSQL or Redis starting
+/// in the same pod) is retried with backoff (0.1 s doubling to 2 s),
+/// logged at most every 5 s; anything else fails at once.
+///
+/// # Errors
+/// The first permanent error, or the last transient one once `wait` is
+/// used up (saying so).
+async fn retry_at_start<T, E, F, Fut>(
+    what: &str,
+    wait: Duration,
+    is_transient: fn(&E) -> bool,
+    mut attempt: F,
+) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let start = tokio::time::Instant::now();
+    let deadline = start + wait;
+    let mut backoff = Duration::from_millis(100);
+    let mut logged: Option<tokio::time::Instant> = None;
+    loop {
+        let e = match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if !is_transient(&e) {
+            return Err(e.into());
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(anyhow::Error::new(e).context(format!(
+                "still unreachable after {} s (--startup-wait {})",
+                now.duration_since(start).as_secs(),
+                wait.as_secs()
+            )));
+        }
+        if logged.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(5)) {
+            logged = Some(now);
+            tracing::warn!(
+                error = %e,
+                waited_s = now.duration_since(start).as_secs(),
+                startup_wait_s = wait.as_secs(),
+                "{what} is not reachable yet; retrying"
+            );
+        }
+        // The last attempt falls on the deadline.
+        tokio::time::sleep(backoff.min(deadline - now)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
 }
 
 /// The Redis store and how to survive its failures.
@@ -262,9 +342,14 @@ impl Application {
             None => AnyStore::Memory(local),
             Some(r) => {
                 let url = redact_url(&r.options.url);
-                let redis = RedisStore::connect(r.options.clone())
-                    .await
-                    .with_context(|| format!("cannot connect to Redis at {url}"))?;
+                let redis = retry_at_start(
+                    "Redis",
+                    cfg.startup_wait,
+                    ConnectError::is_transient,
+                    || RedisStore::connect(r.options.clone()),
+                )
+                .await
+                .with_context(|| format!("cannot connect to Redis at {url}"))?;
                 tracing::info!(redis = %url, failure_mode = ?r.resilience.mode, "counters in Redis");
                 AnyStore::Shared(Arc::new(Resilient::new(redis, local, r.resilience)))
             }
@@ -279,7 +364,7 @@ impl Application {
                 max_metric_keys: cfg.max_metric_keys,
             },
         ));
-        let (repo, hasher, auth) = open_key_store(&cfg.keys).await?;
+        let (repo, hasher, auth) = open_key_store(&cfg.keys, cfg.startup_wait).await?;
         tracing::info!(
             database = %redact_url(&cfg.keys.database_url),
             admin_api = auth.is_enabled(),

@@ -377,6 +377,11 @@ struct ServeArgs {
     /// Put descriptor entries (request data: user ids, keys, addresses) on trace spans.
     #[arg(long, env = "SLUICE_TRACE_DESCRIPTOR_VALUES")]
     trace_descriptor_values: bool,
+    /// Seconds start-up keeps retrying a database or Redis that cannot be reached yet
+    /// (starting beside sluice); 0 fails at once. Wrong passwords, missing databases,
+    /// refused migrations and bad settings always fail at once.
+    #[arg(long, env = "SLUICE_STARTUP_WAIT", default_value_t = 30)]
+    startup_wait: u64,
     /// Shift the clock by this many milliseconds (testing window alignment only).
     #[arg(
         long,
@@ -410,10 +415,28 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluice: {e:#}");
+            eprintln!("sluice: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: libraries often
+/// repeat their source's text in their own (sqlx: "error returned from
+/// database: X", then X again as the source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if line.contains(text.as_str()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn migrate(db: &DatabaseArgs) -> anyhow::Result<()> {
@@ -575,6 +598,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_request_bytes: args.max_request_bytes,
         shutdown_delay: Duration::from_secs(args.shutdown_delay),
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        startup_wait: Duration::from_secs(args.startup_wait),
         clock_offset_ns: args.test_clock_offset_ms.saturating_mul(1_000_000),
         redis: args.redis_url.map(|url| {
             let mut options = RedisOptions::new(url);

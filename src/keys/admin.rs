@@ -14,7 +14,7 @@ use super::cache::KeyCache;
 use super::guard::AbuseGuard;
 use super::hashing::{self, KeyHasher};
 use super::model::{Actor, ApiKey, AuditEvent, Millis, Plan, UsageDay};
-use super::repo::{KeyChanges, KeyFilter, Repository};
+use super::repo::{Announce, KeyChanges, KeyFilter, Notice, Repository};
 use super::{
     ChangeBus, CreatedKey, KeyError, NewKey, PlanDraft, RotatedKey, now_ms, usage, validate,
 };
@@ -49,14 +49,6 @@ impl KeyAdmin {
         }
     }
 
-    /// Drops local cache entries for a change and tells other replicas.
-    fn changed(&self, payload: String) {
-        self.cache.apply_notice(&payload);
-        if let Some(bus) = &self.bus {
-            bus.publish(payload);
-        }
-    }
-
     pub fn repo(&self) -> &Repository {
         &self.repo
     }
@@ -76,7 +68,7 @@ impl KeyAdmin {
     /// [`KeyError::Invalid`] naming the field; [`KeyError::AlreadyExists`].
     pub async fn create_plan(&self, draft: PlanDraft, actor: &Actor) -> Result<Plan, KeyError> {
         let plan = checked_plan(draft, self.now())?;
-        self.repo.create_plan(&plan, actor).await?;
+        self.repo.create_plan(&plan, actor).await?.announce(self);
         Ok(plan)
     }
 
@@ -100,16 +92,17 @@ impl KeyAdmin {
     /// [`KeyError::Invalid`], [`KeyError::NotFound`].
     pub async fn update_plan(&self, draft: PlanDraft, actor: &Actor) -> Result<Plan, KeyError> {
         let plan = checked_plan(draft, self.now())?;
-        let stored = self.repo.update_plan(&plan, actor).await?;
-        self.changed(format!("plan:{}", stored.name));
-        Ok(stored)
+        Ok(self.repo.update_plan(&plan, actor).await?.announce(self))
     }
 
     /// # Errors
     /// [`KeyError::FailedPrecondition`] while keys use the plan.
     pub async fn delete_plan(&self, name: &str, actor: &Actor) -> Result<(), KeyError> {
         validate::plan_name("name", name)?;
-        self.repo.delete_plan(name, actor, self.now()).await?;
+        self.repo
+            .delete_plan(name, actor, self.now())
+            .await?
+            .announce(self);
         Ok(())
     }
 
@@ -156,7 +149,10 @@ impl KeyAdmin {
             last_used_at: None,
             revoked_at: None,
         };
-        self.repo.create_key(&key, &fresh.hash, actor).await?;
+        self.repo
+            .create_key(&key, &fresh.hash, actor)
+            .await?
+            .announce(self);
         Ok(CreatedKey {
             key,
             secret: fresh.secret,
@@ -217,9 +213,11 @@ impl KeyAdmin {
                 problem: "must be in the future".into(),
             });
         }
-        let key = self.repo.update_key(id, &changes, actor, now).await?;
-        self.changed(id.to_string());
-        Ok(key)
+        Ok(self
+            .repo
+            .update_key(id, &changes, actor, now)
+            .await?
+            .announce(self))
     }
 
     /// # Errors
@@ -231,9 +229,11 @@ impl KeyAdmin {
         actor: &Actor,
     ) -> Result<ApiKey, KeyError> {
         validate::optional_text("reason", reason, validate::MAX_REASON)?;
-        let key = self.repo.revoke_key(id, reason, actor, self.now()).await?;
-        self.changed(id.to_string());
-        Ok(key)
+        Ok(self
+            .repo
+            .revoke_key(id, reason, actor, self.now())
+            .await?
+            .announce(self))
     }
 
     /// # Errors
@@ -267,8 +267,8 @@ impl KeyAdmin {
         let key = self
             .repo
             .rotate_key(id, &fresh.hash, &fresh.hint, until, actor, now)
-            .await?;
-        self.changed(id.to_string());
+            .await?
+            .announce(self);
         Ok(RotatedKey {
             key,
             secret: fresh.secret,
@@ -318,6 +318,20 @@ impl KeyAdmin {
     ) -> Result<Vec<AuditEvent>, KeyError> {
         let n = validate::page_size("page_size", page_size)?;
         Ok(self.repo.audit_events(target, actor, before_id, n).await?)
+    }
+}
+
+/// A committed change's notice: dropped from this replica's cache at once,
+/// and published to the others.
+impl Announce for KeyAdmin {
+    fn announce(&self, notice: &Notice) {
+        let Some(payload) = notice.payload() else {
+            return;
+        };
+        self.cache.apply_notice(&payload);
+        if let Some(bus) = &self.bus {
+            bus.publish(payload);
+        }
     }
 }
 

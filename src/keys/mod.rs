@@ -81,6 +81,8 @@ impl From<RepoError> for KeyError {
             RepoError::Corrupt { .. } => KeyError::Internal(e.to_string()),
             RepoError::Scheme(_)
             | RepoError::Create { .. }
+            | RepoError::Lock { .. }
+            | RepoError::ConnectTimeout(_)
             | RepoError::Db(_)
             | RepoError::Migrate(_) => KeyError::Unavailable(e.to_string()),
         }

@@ -3,7 +3,7 @@
 
 use super::plans::{PlanRow, ensure_plan, plan_columns};
 use super::{
-    Audit, ChangeError, Notice, RepoError, Repository, corrupt, json_text, limits_json,
+    Audit, ChangeError, Committed, Notice, RepoError, Repository, corrupt, json_text, limits_json,
     parse_limits,
 };
 use crate::keys::model::{Actor, ApiKey, KeyState, Millis, Plan, PlanLimit};
@@ -209,7 +209,7 @@ impl Repository {
         key: &ApiKey,
         hash: &str,
         actor: &Actor,
-    ) -> Result<(), ChangeError> {
+    ) -> Result<Committed<()>, ChangeError> {
         let mut w = self.begin().await?;
         ensure_plan(w.conn(), &key.plan).await?;
         sqlx::query(
@@ -247,8 +247,7 @@ impl Repository {
             at: key.created_at,
         };
         // A new random secret: no replica can have cached its hash.
-        w.commit(audit, &Notice::None).await?;
-        Ok(())
+        Ok(w.commit(audit, Notice::None, ()).await?)
     }
 
     /// # Errors
@@ -312,7 +311,7 @@ impl Repository {
         changes: &KeyChanges,
         actor: &Actor,
         now: Millis,
-    ) -> Result<ApiKey, ChangeError> {
+    ) -> Result<Committed<ApiKey>, ChangeError> {
         let mut w = self.begin().await?;
         if let Some(plan) = &changes.plan {
             ensure_plan(w.conn(), plan).await?;
@@ -359,8 +358,7 @@ impl Repository {
             details: changes_details(changes),
             at: now,
         };
-        w.commit(audit, &Notice::Key(id.to_string())).await?;
-        Ok(key)
+        Ok(w.commit(audit, Notice::Key(id.to_string()), key).await?)
     }
 
     /// Revokes a key: final, and its secrets stop working at once.
@@ -373,7 +371,7 @@ impl Repository {
         reason: &str,
         actor: &Actor,
         now: Millis,
-    ) -> Result<ApiKey, ChangeError> {
+    ) -> Result<Committed<ApiKey>, ChangeError> {
         let mut w = self.begin().await?;
         let done = sqlx::query(
             "UPDATE api_keys SET revoked_at = $2, updated_at = $2 WHERE id = $1 AND revoked_at IS NULL",
@@ -393,8 +391,7 @@ impl Repository {
             details: serde_json::json!({ "reason": reason }),
             at: now,
         };
-        w.commit(audit, &Notice::Key(id.to_string())).await?;
-        Ok(key)
+        Ok(w.commit(audit, Notice::Key(id.to_string()), key).await?)
     }
 
     /// Adds a new current secret; every older secret stops working at
@@ -410,7 +407,7 @@ impl Repository {
         grace_until: Millis,
         actor: &Actor,
         now: Millis,
-    ) -> Result<ApiKey, ChangeError> {
+    ) -> Result<Committed<ApiKey>, ChangeError> {
         let mut w = self.begin().await?;
         let done = sqlx::query(
             "UPDATE api_keys SET hint = $2, updated_at = $3 WHERE id = $1 AND revoked_at IS NULL",
@@ -456,7 +453,6 @@ impl Repository {
             }),
             at: now,
         };
-        w.commit(audit, &Notice::Key(id.to_string())).await?;
-        Ok(key)
+        Ok(w.commit(audit, Notice::Key(id.to_string()), key).await?)
     }
 }

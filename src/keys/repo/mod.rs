@@ -11,7 +11,10 @@
 //! the transaction, and its only way to commit, [`Work::commit`], takes the
 //! change's audit event and its change notice, writes the event, sends the
 //! notice (PostgreSQL NOTIFY, delivered only if the change commits) and
-//! commits, so no change can leave out a step.
+//! commits. The change's result comes back as [`Committed`], whose value
+//! can only be had by [announcing](Committed::announce) the notice (this
+//! replica's cache, other replicas' buses), so no change can leave out a
+//! step.
 //!
 //! Files, one per table group:
 //! * `plans.rs`: `plans`.
@@ -26,11 +29,12 @@ mod keys;
 mod plans;
 mod usage;
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyConnection, AnyPool, Connection as _, Executor};
 
 use super::model::{Actor, Millis, PlanLimit, StoredLimit};
 use crate::secret::redact_url;
@@ -55,17 +59,60 @@ pub enum RepoError {
     Scheme(String),
     #[error("key store: {0}")]
     Db(#[from] sqlx::Error),
-    #[error("migrating the key store: {0}")]
+    #[error("{0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot create {path}")]
     Create {
-        path: std::path::PathBuf,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot lock {path} for migrations")]
+    Lock {
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     #[error("corrupt row in {table}: {what}")]
     Corrupt { table: &'static str, what: String },
+    #[error("no connection within {0:?}")]
+    ConnectTimeout(Duration),
 }
+
+impl RepoError {
+    /// Whether the failure may pass by itself: the server is not up yet,
+    /// is starting (PostgreSQL's 57P03), has no connection slot free, or
+    /// dropped the connection. Start-up retries these, and only these; a
+    /// wrong password, a missing database, a refused migration or a bad
+    /// URL fail at once.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RepoError::Db(e) | RepoError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => {
+                transient(e)
+            }
+            RepoError::ConnectTimeout(_) => true,
+            RepoError::Scheme(_)
+            | RepoError::Migrate(_)
+            | RepoError::Create { .. }
+            | RepoError::Lock { .. }
+            | RepoError::Corrupt { .. } => false,
+        }
+    }
+}
+
+fn transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        // cannot_connect_now, too_many_connections, connection_exception.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c == "57P03" || c == "53300" || c.starts_with("08")),
+        _ => false,
+    }
+}
+
+/// How long connecting to the database may take, each time.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a change found.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +142,8 @@ impl From<sqlx::Error> for ChangeError {
 pub struct Repository {
     pool: AnyPool,
     backend: Backend,
+    /// The SQLite database file; `None` for PostgreSQL and `:memory:`.
+    sqlite_file: Option<PathBuf>,
 }
 
 impl Repository {
@@ -124,13 +173,23 @@ impl Repository {
             }
             _ => url.to_string(),
         };
-        if backend == Backend::Sqlite {
-            create_sqlite_file(&url)?;
-        }
+        let sqlite_file = match backend {
+            Backend::Sqlite => create_sqlite_file(&url)?,
+            Backend::Postgres => None,
+        };
         let options = AnyConnectOptions::from_str(&url)?;
+        if backend == Backend::Postgres {
+            // One connection first, for the server's own answer: the pool
+            // would only say that it timed out.
+            let probe =
+                tokio::time::timeout(CONNECT_TIMEOUT, AnyConnection::connect_with(&options))
+                    .await
+                    .map_err(|_| RepoError::ConnectTimeout(CONNECT_TIMEOUT))??;
+            let _ = probe.close().await;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(CONNECT_TIMEOUT)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -145,27 +204,43 @@ impl Repository {
             })
             .connect_with(options)
             .await?;
-        Ok(Repository { pool, backend })
+        Ok(Repository {
+            pool,
+            backend,
+            sqlite_file,
+        })
     }
 
     pub const fn backend(&self) -> Backend {
         self.backend
     }
 
-    /// Applies pending migrations. On PostgreSQL, concurrent callers
-    /// (replicas starting together) serialize on an advisory lock.
+    /// Applies pending migrations. Concurrent callers (replicas starting
+    /// together) take turns: on PostgreSQL sqlx holds an advisory lock; on
+    /// SQLite, where sqlx takes no lock, an exclusive lock on the file
+    /// `<database>.migrate-lock` beside the database is held meanwhile, so
+    /// a second replica sees the first one's migrations as applied instead
+    /// of applying them again (`table plans already exists`).
     ///
     /// # Errors
     /// [`RepoError::Migrate`] when a migration fails or the database holds
-    /// migrations this binary does not know.
+    /// migrations this binary does not know; [`RepoError::Lock`] when the
+    /// lock file cannot be used or is held for longer than
+    /// [`MIGRATION_LOCK_WAIT`].
     pub async fn migrate(&self) -> Result<(), RepoError> {
         match self.backend {
             Backend::Postgres => {
                 sqlx::migrate!("migrations/postgres")
                     .run(&self.pool)
-                    .await?
+                    .await?;
             }
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await?,
+            Backend::Sqlite => {
+                let _lock = match &self.sqlite_file {
+                    Some(db) => Some(MigrationLock::acquire(db).await?),
+                    None => None,
+                };
+                sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+            }
         }
         Ok(())
     }
@@ -190,14 +265,15 @@ impl Repository {
 }
 
 /// Creates the SQLite database file of `url` (and its directory) when
-/// missing, owner-only from the start.
-fn create_sqlite_file(url: &str) -> Result<(), RepoError> {
+/// missing, owner-only from the start; returns its path (`None` for an
+/// in-memory database).
+fn create_sqlite_file(url: &str) -> Result<Option<PathBuf>, RepoError> {
     let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
     let path = options.get_filename();
-    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") {
-        return Ok(());
+    if path.as_os_str().is_empty() || path == Path::new(":memory:") {
+        return Ok(None);
     }
-    fn create(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
+    fn create(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
         move |source| RepoError::Create {
             path: path.to_path_buf(),
             source,
@@ -221,7 +297,55 @@ fn create_sqlite_file(url: &str) -> Result<(), RepoError> {
         file.mode(0o600);
     }
     file.open(path).map_err(create(path))?;
-    Ok(())
+    Ok(Some(path.to_path_buf()))
+}
+
+/// The longest a replica waits for another one's SQLite migrations.
+pub const MIGRATION_LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// An exclusive lock on `<database>.migrate-lock`, released on drop (or
+/// by the OS when the process dies, so a crash never leaves it held).
+#[derive(Debug)]
+struct MigrationLock {
+    _file: std::fs::File,
+}
+
+impl MigrationLock {
+    async fn acquire(db: &Path) -> Result<MigrationLock, RepoError> {
+        let mut name = db.as_os_str().to_owned();
+        name.push(".migrate-lock");
+        let path = PathBuf::from(name);
+        let lock_err = |source| RepoError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let file = options.open(&path).map_err(lock_err)?;
+        let deadline = tokio::time::Instant::now() + MIGRATION_LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(MigrationLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(lock_err(e)),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(lock_err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "another process has held it for {} s",
+                        MIGRATION_LOCK_WAIT.as_secs()
+                    ),
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 // === the unit of work ===
@@ -246,6 +370,32 @@ impl Notice {
             Notice::Key(id) => Some(id.clone()),
             Notice::Plan(name) => Some(format!("plan:{name}")),
         }
+    }
+}
+
+/// Applies and spreads a committed change's notice: this replica's cache,
+/// and whatever carries notices to other replicas.
+pub trait Announce {
+    fn announce(&self, notice: &Notice);
+}
+
+/// The result of a committed change, with the notice that must go out
+/// before anyone uses it.
+#[derive(Debug)]
+#[must_use = "a committed change must be announced: call .announce()"]
+pub struct Committed<T> {
+    value: T,
+    notice: Notice,
+}
+
+impl<T> Committed<T> {
+    /// Announces the change (nothing for [`Notice::None`]) and gives its
+    /// result: the only way to it.
+    pub fn announce(self, to: &impl Announce) -> T {
+        if self.notice != Notice::None {
+            to.announce(&self.notice);
+        }
+        self.value
     }
 }
 
@@ -274,8 +424,14 @@ impl Work {
 
     /// Writes the audit event, sends the notice (PostgreSQL: NOTIFY in the
     /// same transaction, so it is delivered only if the change commits)
-    /// and commits.
-    async fn commit(mut self, audit: Audit<'_>, notice: &Notice) -> Result<(), sqlx::Error> {
+    /// and commits; the caller must still [announce](Committed::announce)
+    /// the result.
+    async fn commit<T>(
+        mut self,
+        audit: Audit<'_>,
+        notice: Notice,
+        value: T,
+    ) -> Result<Committed<T>, sqlx::Error> {
         audit::insert(&mut self.tx, &audit).await?;
         if self.backend == Backend::Postgres
             && let Some(payload) = notice.payload()
@@ -286,7 +442,8 @@ impl Work {
                 .execute(&mut *self.tx)
                 .await?;
         }
-        self.tx.commit().await
+        self.tx.commit().await?;
+        Ok(Committed { value, notice })
     }
 }
 

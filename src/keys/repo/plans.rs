@@ -1,7 +1,8 @@
 //! The `plans` table.
 
 use super::{
-    Audit, ChangeError, Notice, RepoError, Repository, corrupt, limits_json, parse_limits,
+    Audit, ChangeError, Committed, Notice, RepoError, Repository, corrupt, limits_json,
+    parse_limits,
 };
 use crate::keys::model::{Actor, Millis, Plan, PlanLimit, Quota};
 
@@ -97,7 +98,11 @@ pub(super) async fn ensure_plan(
 impl Repository {
     /// # Errors
     /// [`ChangeError::AlreadyExists`] for a taken name.
-    pub async fn create_plan(&self, plan: &Plan, actor: &Actor) -> Result<(), ChangeError> {
+    pub async fn create_plan(
+        &self,
+        plan: &Plan,
+        actor: &Actor,
+    ) -> Result<Committed<()>, ChangeError> {
         let mut w = self.begin().await?;
         let exists: Option<String> = sqlx::query_scalar("SELECT name FROM plans WHERE name = $1")
             .bind(&plan.name)
@@ -127,8 +132,7 @@ impl Repository {
             details: details(plan),
             at: plan.created_at,
         };
-        w.commit(audit, &Notice::None).await?;
-        Ok(())
+        Ok(w.commit(audit, Notice::None, ()).await?)
     }
 
     /// # Errors
@@ -166,7 +170,11 @@ impl Repository {
     ///
     /// # Errors
     /// [`ChangeError::NotFound`] for an unknown plan.
-    pub async fn update_plan(&self, plan: &Plan, actor: &Actor) -> Result<Plan, ChangeError> {
+    pub async fn update_plan(
+        &self,
+        plan: &Plan,
+        actor: &Actor,
+    ) -> Result<Committed<Plan>, ChangeError> {
         let mut w = self.begin().await?;
         let (quota_requests, refill_day) = quota_columns(plan.quota);
         let done = sqlx::query(
@@ -200,8 +208,8 @@ impl Repository {
             details: details(plan),
             at: plan.updated_at,
         };
-        w.commit(audit, &Notice::Plan(plan.name.clone())).await?;
-        Ok(stored)
+        let notice = Notice::Plan(plan.name.clone());
+        Ok(w.commit(audit, notice, stored).await?)
     }
 
     /// # Errors
@@ -212,7 +220,7 @@ impl Repository {
         name: &str,
         actor: &Actor,
         now: Millis,
-    ) -> Result<(), ChangeError> {
+    ) -> Result<Committed<()>, ChangeError> {
         let mut w = self.begin().await?;
         let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE plan = $1")
             .bind(name)
@@ -240,9 +248,8 @@ impl Repository {
             at: now,
         };
         // No key uses the plan, so nothing cached refers to it.
-        w.commit(audit, &Notice::None)
+        w.commit(audit, Notice::None, ())
             .await
-            .map_err(|e| in_use_or(e, name))?;
-        Ok(())
+            .map_err(|e| in_use_or(e, name))
     }
 }

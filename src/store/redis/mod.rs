@@ -181,11 +181,25 @@ pub enum ConnectError {
     /// The options are wrong (URL, prefix); retrying will not help.
     #[error("invalid Redis settings: {0}")]
     Config(String),
-    /// Redis could not be reached, refused us, or failed to load scripts.
+    /// Redis could not be reached, or failed to load scripts.
     #[error("cannot use Redis at {url}: {reason}")]
     Unavailable { url: String, reason: String },
+    /// Redis refused our credentials; retrying will not help.
+    #[error("Redis at {url} refused the credentials: {reason}")]
+    Refused { url: String, reason: String },
     #[error("connecting to Redis at {url} timed out after {timeout:?}")]
     Timeout { url: String, timeout: Duration },
+}
+
+impl ConnectError {
+    /// Whether the failure may pass by itself (Redis not up yet, loading
+    /// its data, or slow): start-up retries these, and only these.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConnectError::Unavailable { .. } | ConnectError::Timeout { .. } => true,
+            ConnectError::Config(_) | ConnectError::Refused { .. } => false,
+        }
+    }
 }
 
 /// Counters about the Redis store; see the module docs.
@@ -326,9 +340,15 @@ impl RedisStore {
             .build_pool(options.pool_size.max(1))
             .map_err(|e| ConnectError::Config(format!("Redis client: {}", e.details())))?;
 
-        let unavailable = |e: FredError| ConnectError::Unavailable {
-            url: url.clone(),
-            reason: e.to_string(),
+        let unavailable = |e: FredError| match e.kind() {
+            ErrorKind::Auth => ConnectError::Refused {
+                url: url.clone(),
+                reason: e.to_string(),
+            },
+            _ => ConnectError::Unavailable {
+                url: url.clone(),
+                reason: e.to_string(),
+            },
         };
         let timed_out = || ConnectError::Timeout {
             url: url.clone(),

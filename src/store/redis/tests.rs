@@ -1272,6 +1272,10 @@ async fn a_closed_port_is_unavailable() {
         .await
         .expect_err("nothing listens");
     assert!(matches!(err, ConnectError::Unavailable { .. }), "{err}");
+    assert!(
+        err.is_transient(),
+        "start-up waits for a Redis still coming up"
+    );
 
     // A server that goes away: checks fail fast with Unavailable.
     let mut server = Server::start();
@@ -1328,6 +1332,10 @@ async fn passwords_work_and_are_never_shown() {
     )))
     .await
     .expect_err("wrong password");
+    assert!(
+        matches!(err, ConnectError::Refused { .. }) && !err.is_transient(),
+        "a wrong password is not worth waiting for: {err}"
+    );
     let shown = format!("{err} {err:?}");
     assert!(!shown.contains("wrong-one"), "{shown}");
     assert!(shown.contains("127.0.0.1"), "{shown}");

@@ -5,6 +5,7 @@
 
 pub mod db;
 pub mod otlp;
+pub mod pg;
 pub mod redis;
 
 use std::io::{BufRead, BufReader};
@@ -47,6 +48,8 @@ pub struct Opts<'a> {
     pub as_dir: bool,
     /// Start under this umask (octal, e.g. "022") instead of the test's.
     pub umask: Option<&'a str>,
+    /// How long to wait for "sluice listening" (default 20 s).
+    pub start_within: Option<Duration>,
 }
 
 impl Sluice {
@@ -150,7 +153,8 @@ impl Sluice {
                 }
             });
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let limit = opts.start_within.unwrap_or(Duration::from_secs(20));
+        let deadline = Instant::now() + limit;
         let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -182,7 +186,7 @@ impl Sluice {
                 Err(_) => {
                     let _ = child.kill();
                     panic!(
-                        "sluice did not start within 20 s; output:\n{}",
+                        "sluice did not start within {limit:?}; output:\n{}",
                         seen.join("\n")
                     );
                 }

@@ -13,6 +13,7 @@ mod support;
 mod admin_listener;
 mod alerts;
 mod authz;
+mod chart;
 mod check_config;
 mod concurrency;
 mod envoy;

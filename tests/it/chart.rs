@@ -312,9 +312,11 @@ fn check_invariants(file: &str, docs: &[Value]) {
     let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
         .as_i64()
         .unwrap_or(0);
+    // sluice's own bound: delay + drain + 10 s (usage flush and key-store
+    // close, 5 s each).
     assert!(
-        grace > pre_stop + delay + drain,
-        "{ctx}: terminationGracePeriodSeconds {grace} <= preStop {pre_stop} + --shutdown-delay {delay} + --drain-timeout {drain}"
+        grace >= pre_stop + delay + drain + 10,
+        "{ctx}: terminationGracePeriodSeconds {grace} < preStop {pre_stop} + --shutdown-delay {delay} + --drain-timeout {drain} + 10"
     );
 
     // No subPath mounts: they would never see rotated certificates or rules.
@@ -925,11 +927,26 @@ async fn run_as_rendered(docs: &[Value], secrets: &Objects) -> Pod {
     pod
 }
 
-/// SIGTERM, then the pod must have stopped within its grace period.
-fn stop_within_grace(docs: &[Value], mut pod: Pod) {
+/// Graceful rollout as the chart sets it up: on SIGTERM readiness fails at
+/// once (endpoints and Envoy move away) while decisions are still answered
+/// for the `--shutdown-delay`; the process is gone within the pod's
+/// terminationGracePeriodSeconds.
+async fn stop_within_grace(docs: &[Value], mut pod: Pod) {
+    let c = container(docs);
     let grace = deployment(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         .as_u64()
         .unwrap();
+    let args = args_of(c);
+    let delay: u64 = flag(&args, "--shutdown-delay").unwrap().parse().unwrap();
+    let readiness = &c["readinessProbe"]["httpGet"];
+    let grpc = format!("http://127.0.0.1:{}", pod.port("grpc"));
+    let channel = tonic::transport::Channel::from_shared(grpc)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = sluice::grpc::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient::new(channel);
+    let started = Instant::now();
     let pid = pod.child.id().to_string();
     assert!(
         Command::new("kill")
@@ -938,7 +955,33 @@ fn stop_within_grace(docs: &[Value], mut pod: Pod) {
             .unwrap()
             .success()
     );
-    let deadline = Instant::now() + Duration::from_secs(grace);
+    let mut not_ready = false;
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(delay.saturating_sub(1)) {
+        if pod.get(s(&readiness["port"]), s(&readiness["path"])).await == Ok(503) {
+            not_ready = true;
+        }
+        let r = client
+            .should_rate_limit(req("probe", vec![desc(&[("k", "v")])]))
+            .await;
+        if r.is_ok() {
+            answered += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if delay > 1 {
+        assert!(
+            not_ready,
+            "readiness did not fail during the shutdown delay\n{}",
+            pod.log()
+        );
+        assert!(
+            answered > 0,
+            "no decision during the shutdown delay\n{}",
+            pod.log()
+        );
+    }
+    let deadline = started + Duration::from_secs(grace);
     loop {
         if let Some(status) = pod.child.try_wait().unwrap() {
             assert!(status.success(), "sluice exited {status}\n{}", pod.log());
@@ -949,7 +992,7 @@ fn stop_within_grace(docs: &[Value], mut pod: Pod) {
                 "still running {grace} s after SIGTERM (the kubelet would kill it)"
             ));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -984,7 +1027,7 @@ async fn default_values_run_as_rendered() {
     )
     .unwrap();
     assert!(pod.check_probes(container(&wrong)).await.is_err());
-    stop_within_grace(&docs, pod);
+    stop_within_grace(&docs, pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1019,7 +1062,7 @@ async fn redis_cluster_and_postgres_values_run_as_rendered() {
     assert!(log.contains("counters in Redis"), "{log}");
     assert!(log.contains("key store ready"), "{log}");
     assert!(!log.contains("sqlite"), "{log}");
-    stop_within_grace(&docs, pod);
+    stop_within_grace(&docs, pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1052,7 +1095,7 @@ async fn standalone_redis_password_comes_from_the_secret() {
     );
     let pod = run_as_rendered(&docs, &secrets).await;
     assert!(pod.log().contains("counters in Redis"), "{}", pod.log());
-    stop_within_grace(&docs, pod);
+    stop_within_grace(&docs, pod).await;
 }
 
 #[test]

@@ -120,14 +120,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* Seconds the pod needs to stop: preStop sleep + delay + drain + 5. */}}
+{{/* Seconds the pod needs to stop: preStop sleep + delay + drain + 10 (flush and close, 5 s each). */}}
 {{- define "sluice.gracePeriod" -}}
 {{- $l := .Values.lifecycle }}
-{{- $need := add $l.preStopSleepSeconds $l.shutdownDelaySeconds $l.drainTimeoutSeconds 5 }}
+{{- $need := add $l.preStopSleepSeconds $l.shutdownDelaySeconds $l.drainTimeoutSeconds 10 }}
 {{- if kindIs "invalid" $l.terminationGracePeriodSeconds }}
 {{- $need }}
 {{- else if lt (int $l.terminationGracePeriodSeconds) (int $need) }}
-{{- fail (printf "lifecycle.terminationGracePeriodSeconds: %v is shorter than preStopSleepSeconds + shutdownDelaySeconds + drainTimeoutSeconds + 5 = %v; the kubelet would kill sluice mid-drain" $l.terminationGracePeriodSeconds $need) }}
+{{- fail (printf "lifecycle.terminationGracePeriodSeconds: %v is shorter than preStopSleepSeconds + shutdownDelaySeconds + drainTimeoutSeconds + 10 (the usage flush and the key store close, 5 s each) = %v; the kubelet would kill sluice mid-drain" $l.terminationGracePeriodSeconds $need) }}
 {{- else }}
 {{- $l.terminationGracePeriodSeconds }}
 {{- end }}

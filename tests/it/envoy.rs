@@ -37,7 +37,7 @@ async fn start_envoy(dir: &Path, sluice_port: u16) -> Envoy {
     start_envoy_from("examples/envoy/envoy.yaml", dir, sluice_port).await
 }
 
-async fn start_envoy_from(template: &str, dir: &Path, sluice_port: u16) -> Envoy {
+pub(crate) async fn start_envoy_from(template: &str, dir: &Path, sluice_port: u16) -> Envoy {
     start_envoy_with(template, dir, &[sluice_port], &[]).await
 }
 

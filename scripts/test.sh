@@ -33,8 +33,6 @@ command -v gcc >/dev/null || missing+=(gcc)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
-# promtool checks and tests the chart's PrometheusRule (tests/it/chart.rs).
-command -v promtool >/dev/null || missing+=(prometheus)
 # podman builds the container image (scripts/image.sh); tests/it/image.rs
 # reads it with readelf (binutils) and runs its rootfs with unshare.
 command -v podman >/dev/null || missing+=(podman)
@@ -42,7 +40,7 @@ command -v readelf >/dev/null || missing+=(binutils)
 # A real PostgreSQL for the key-store tests (tests/it/keys.rs), reached at
 # SLUICE_IT_POSTGRES_URL (default postgres://postgres:postgres@127.0.0.1:5432/postgres).
 # A real Prometheus (server and promtool) for the alert rules and dashboard
-# tests (tests/it/alerts.rs).
+# tests (tests/it/alerts.rs) and the chart's PrometheusRule (tests/it/chart.rs).
 command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
 pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
 # Start-up tests also run PostgreSQL servers of their own (initdb, postgres,

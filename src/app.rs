@@ -25,7 +25,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
-use tonic::transport::server::TcpIncoming;
 use tonic_reflection::server as reflection;
 use tower_layer::{Identity, Stack};
 
@@ -54,6 +53,7 @@ use crate::store::redis::{ConnectError, RedisOptions, RedisStore};
 use crate::store::resilient::{AnyStore, ResilienceOptions, Resilient};
 use crate::store::{CounterStore, MemoryStore};
 use crate::telemetry::metrics::{self, Metrics};
+use crate::tls::{Incoming, Reload, ReloadingServerConfig, ServerTlsFiles};
 
 /// Everything `sluice serve` is told.
 #[derive(Clone, Debug)]
@@ -63,6 +63,10 @@ pub struct ServeConfig {
     pub http_addr: SocketAddr,
     /// The admin API's own gRPC listener; `None` turns the admin API off.
     pub admin_grpc_addr: Option<SocketAddr>,
+    /// TLS (and mTLS) of the data-plane gRPC listener; `None`: plaintext.
+    pub tls: Option<ServerTlsFiles>,
+    /// TLS (and mTLS) of the admin listener; `None`: plaintext.
+    pub admin_tls: Option<ServerTlsFiles>,
     pub headers: HeaderMode,
     pub shadow_mode: bool,
     pub merge_domains: bool,
@@ -289,6 +293,8 @@ pub struct Application {
     grpc: TcpListener,
     http: TcpListener,
     admin: Option<TcpListener>,
+    grpc_tls: Option<Arc<ReloadingServerConfig>>,
+    admin_tls: Option<Arc<ReloadingServerConfig>>,
     engine: Arc<Engine<Store>>,
     stats: Arc<StatsRegistry>,
     metrics: Arc<Metrics>,
@@ -402,8 +408,14 @@ impl Application {
                     .with_context(|| format!("cannot bind the admin gRPC address {addr}"))?,
             ),
         };
+        let grpc_tls = load_tls("grpc", "--tls-", cfg.tls.as_ref())?;
+        let admin_tls = match cfg.admin_grpc_addr {
+            Some(_) => load_tls("admin", "--admin-tls-", cfg.admin_tls.as_ref())?,
+            None => None,
+        };
         if let Some(addr) = cfg.admin_grpc_addr
             && !addr.ip().is_loopback()
+            && admin_tls.is_none()
         {
             tracing::warn!(
                 admin_grpc_addr = %addr,
@@ -415,6 +427,8 @@ impl Application {
             grpc,
             http,
             admin,
+            grpc_tls,
+            admin_tls,
             engine,
             stats,
             metrics,
@@ -469,6 +483,8 @@ impl Application {
             grpc,
             http,
             admin,
+            grpc_tls,
+            admin_tls,
             engine,
             stats,
             metrics,
@@ -544,7 +560,7 @@ impl Application {
                 .add_service(health_service.clone())
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha),
-            grpc,
+            connections(grpc, "grpc", grpc_tls.clone(), &metrics),
             &shutdown,
         );
         let admin_task = match admin {
@@ -558,7 +574,7 @@ impl Application {
                         .add_service(health_service)
                         .add_service(reflection_v1)
                         .add_service(reflection_v1alpha),
-                    listener,
+                    connections(listener, "admin", admin_tls.clone(), &metrics),
                     &shutdown,
                 ))
             }
@@ -585,6 +601,12 @@ impl Application {
                 .into_future()
         });
         let sweeper = tokio::spawn(sweep_forever(engine.clone()));
+        let tls_reloaders: Vec<_> = [("grpc", grpc_tls), ("admin", admin_tls)]
+            .into_iter()
+            .filter_map(|(name, tls)| {
+                tls.map(|t| tokio::spawn(reload_tls_forever(name, t, metrics.clone())))
+            })
+            .collect();
         let watcher = tokio::spawn(reload_forever(
             watch,
             loaded,
@@ -645,6 +667,9 @@ impl Application {
         tracing::info!("shutdown delay over: listeners closed, finishing open calls");
         coordinator.enter(Phase::Stopping);
         watcher.abort();
+        for r in &tls_reloaders {
+            r.abort();
+        }
         let drained = tokio::time::timeout(cfg.drain_timeout, async {
             let g = grpc_task.await;
             let h = http_task.await;
@@ -710,20 +735,127 @@ impl Application {
 /// The final usage flush and the key store's close each get this long.
 const FINAL_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Serves `router` on `listener` until [`Phase::Stopping`]: then the
-/// listener closes, every connection gets GOAWAY, and the task ends when
-/// the calls still open have finished. Every gRPC listener is served
-/// through here, so that all of them drain alike.
+/// Serves `router` on `incoming` (plain or TLS) until
+/// [`Phase::Stopping`]: then the listener closes (TLS handshakes in
+/// progress are abandoned), every connection gets GOAWAY, and the task
+/// ends when the calls still open have finished. Every gRPC listener is
+/// served through here, so that all of them drain alike.
 fn spawn_grpc(
     router: tonic::transport::server::Router<Stack<ObserveLayer, Identity>>,
-    listener: TcpListener,
+    incoming: Incoming,
     shutdown: &Shutdown,
 ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
-    let incoming = shutdown.until_stopping(TcpIncoming::from(listener).with_nodelay(Some(true)));
+    let incoming = shutdown.until_stopping(incoming);
     let stop = shutdown.clone();
     tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         stop.reached(Phase::Stopping).await;
     }))
+}
+
+/// Loads a listener's TLS files, if it has any.
+fn load_tls(
+    listener: &str,
+    flags: &str,
+    files: Option<&ServerTlsFiles>,
+) -> anyhow::Result<Option<Arc<ReloadingServerConfig>>> {
+    let Some(files) = files else {
+        return Ok(None);
+    };
+    let tls = ReloadingServerConfig::load(files.clone()).with_context(|| {
+        format!("cannot set up TLS on the {listener} listener ({flags}cert, {flags}key, {flags}client-ca)")
+    })?;
+    let client_certificates = if files.client_ca.is_some() {
+        "required"
+    } else {
+        "none"
+    };
+    tracing::info!(
+        listener = %listener,
+        cert = %files.cert.display(),
+        fingerprint = %tls.fingerprint(),
+        client_certificates = %client_certificates,
+        "TLS on"
+    );
+    Ok(Some(Arc::new(tls)))
+}
+
+/// The connections a gRPC listener serves: TLS when it has a configuration.
+fn connections(
+    listener: TcpListener,
+    name: &'static str,
+    tls: Option<Arc<ReloadingServerConfig>>,
+    metrics: &Metrics,
+) -> Incoming {
+    match tls {
+        None => Incoming::plain(listener, name),
+        Some(t) => {
+            let failures = metrics
+                .tls_handshake_failures
+                .get_or_create(&vec![("listener", name)])
+                .clone();
+            Incoming::tls(listener, name, t, failures)
+        }
+    }
+}
+
+/// How often TLS files are re-read even without a change notice (a
+/// watch that missed an event, a mount replaced under it).
+const TLS_POLL: Duration = Duration::from_secs(30);
+
+/// Re-reads a listener's TLS files when their directories change (and
+/// every [`TLS_POLL`]); new handshakes get what is read, open connections
+/// keep theirs. Unusable files are logged once and the previous
+/// certificate keeps serving.
+async fn reload_tls_forever(
+    name: &'static str,
+    tls: Arc<ReloadingServerConfig>,
+    metrics: Arc<Metrics>,
+) {
+    let mut watch = match ConfigWatch::start_files(&tls.files().paths(), Duration::from_millis(200))
+    {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(listener = %name, error = %e, poll = ?TLS_POLL, "TLS files are not watched; re-read on a timer only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(TLS_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        match &mut watch {
+            Some(w) => tokio::select! {
+                changed = w.changed() => if changed.is_none() { watch = None },
+                _ = tick.tick() => {},
+            },
+            None => {
+                tick.tick().await;
+            }
+        }
+        let reloaded = {
+            let tls = tls.clone();
+            tokio::task::spawn_blocking(move || tls.reload()).await
+        };
+        let result = match reloaded {
+            Ok(Ok(Reload::Unchanged | Reload::StillBroken)) => continue,
+            Ok(Ok(Reload::Reloaded { fingerprint })) => {
+                tracing::info!(listener = %name, %fingerprint, "TLS certificate reloaded; new handshakes get it");
+                "ok"
+            }
+            Ok(Err(e)) => {
+                tracing::error!(listener = %name, error = %e, "TLS files changed but cannot be used; the previous certificate keeps serving");
+                "error"
+            }
+            Err(e) => {
+                tracing::error!(listener = %name, error = %e, "TLS reload failed");
+                "error"
+            }
+        };
+        metrics
+            .tls_reloads
+            .get_or_create(&vec![("listener", name), ("result", result)])
+            .inc();
+    }
 }
 
 /// The name the gRPC health service is served under.

@@ -19,6 +19,8 @@
 //! * [`config`]: YAML files → `core` rules, validation, the file watcher.
 //! * [`grpc`], [`http`]: protocol adapters; translate and call the engine.
 //! * [`telemetry`]: logging and Prometheus metrics.
+//! * [`tls`]: TLS for the gRPC listeners (certificates re-read when their
+//!   files change, mTLS) and client TLS configurations.
 //! * [`cli`]: the admin client commands (`sluice keys|plans|usage|audit`).
 //! * [`shutdown`]: the shutdown phases every server and task follows.
 //! * [`secret`]: [`secret::Secret`] and the URL redactor: what never reaches
@@ -40,3 +42,4 @@ pub mod secret;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

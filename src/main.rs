@@ -21,6 +21,7 @@ use sluice::secret::{Secret, redact_url};
 use sluice::store::redis::RedisOptions;
 use sluice::store::resilient::{FailureMode, ResilienceOptions};
 use sluice::telemetry::{self, LogFormat};
+use sluice::tls::ServerTlsFiles;
 
 /// A rate-limit decision service, wire-compatible with Envoy's external
 /// rate-limit protocol.
@@ -246,6 +247,24 @@ struct ServeArgs {
     admin_grpc_addr: ListenAddr,
     #[command(flatten)]
     authz: AuthzArgs,
+    /// PEM certificate chain of the gRPC listener (TLS); re-read when it changes.
+    #[arg(long, env = "SLUICE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert; re-read when it changes.
+    #[arg(long, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates: gRPC clients must present a certificate issued by one (mTLS).
+    #[arg(long, env = "SLUICE_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// PEM certificate chain of the admin listener (TLS); re-read when it changes.
+    #[arg(long, env = "SLUICE_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// PEM private key of --admin-tls-cert.
+    #[arg(long, env = "SLUICE_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
+    /// PEM CA certificates: admin clients must present a certificate issued by one (mTLS).
+    #[arg(long, env = "SLUICE_ADMIN_TLS_CLIENT_CA", requires = "admin_tls_cert")]
+    admin_tls_client_ca: Option<PathBuf>,
     /// Rate-limit headers to add to responses.
     #[arg(
         long,
@@ -583,6 +602,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
         admin_grpc_addr: args.admin_grpc_addr.0,
+        tls: tls_files(args.tls_cert, args.tls_key, args.tls_client_ca),
+        admin_tls: tls_files(
+            args.admin_tls_cert,
+            args.admin_tls_key,
+            args.admin_tls_client_ca,
+        ),
         headers: header_mode(args.response_headers),
         authz: args.authz.options()?,
         shadow_mode: args.shadow_mode,
@@ -631,6 +656,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         p.shutdown();
     }
     result
+}
+
+/// A listener's TLS files (clap has checked that certificate and key come
+/// together, and a client CA only with them).
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Option<ServerTlsFiles> {
+    Some(ServerTlsFiles {
+        cert: cert?,
+        key: key?,
+        client_ca,
+    })
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -11,13 +11,14 @@
 pub mod probe;
 pub mod spec;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::grpc::pb::sluice::v1 as pb;
 use crate::grpc::pb::sluice::v1::admin_service_client::AdminServiceClient;
@@ -36,6 +37,8 @@ pub struct Conn {
         default_value = "http://127.0.0.1:8082"
     )]
     pub addr: String,
+    #[command(flatten)]
+    pub tls: ClientTls,
     /// Admin token (from `sluice token`).
     #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -45,6 +48,22 @@ pub struct Conn {
     /// Seconds to wait for an answer.
     #[arg(long, global = true, default_value_t = 10)]
     pub timeout: u64,
+}
+
+/// TLS towards sluice (the admin listener, or the data plane for
+/// `sluice probe`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientTls {
+    /// PEM CA certificates to trust for the server's certificate (TLS;
+    /// without it, `https://` uses the system's roots).
+    #[arg(long, global = true, env = "SLUICE_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// PEM client certificate, for a listener that requires one (mTLS).
+    #[arg(long, global = true, env = "SLUICE_CLIENT_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, global = true, env = "SLUICE_CLIENT_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -197,9 +216,10 @@ pub struct PlanSpecArgs {
 pub struct UsageArgs {
     #[command(flatten)]
     pub conn: Conn,
-    /// One key; all keys when absent.
+    /// One key's id; all keys when absent. (`--key` is the TLS client
+    /// key, as for every admin command.)
     #[arg(long)]
-    pub key: Option<String>,
+    pub key_id: Option<String>,
     /// First day, YYYY-MM-DD (default: 30 days ago).
     #[arg(long)]
     pub from: Option<String>,
@@ -276,6 +296,46 @@ pub fn run(command: Command) -> ExitCode {
     }
 }
 
+/// The URI to dial and its TLS: `https://` addresses, and bare
+/// `host:port` ones when a TLS flag is given, speak TLS (trusting
+/// `--cacert`, else the system's roots; presenting `--cert`/`--key`).
+fn endpoint_tls(
+    addr: &str,
+    conn: &ClientTls,
+) -> Result<(String, Option<ClientTlsConfig>), CliError> {
+    let tls_flags = conn.cacert.is_some() || conn.cert.is_some();
+    let addr = addr.trim();
+    let uri = if addr.starts_with("https://") {
+        addr.to_string()
+    } else if addr.starts_with("http://") {
+        if tls_flags {
+            return Err(CliError::Usage(format!(
+                "--cacert/--cert/--key need a TLS address: use https:// instead of {addr}"
+            )));
+        }
+        return Ok((addr.to_string(), None));
+    } else if tls_flags {
+        format!("https://{addr}")
+    } else {
+        format!("http://{addr}")
+    };
+    if !uri.starts_with("https://") {
+        return Ok((uri, None));
+    }
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", p.display())))
+    };
+    let mut tls = ClientTlsConfig::new();
+    tls = match &conn.cacert {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+        None => tls.with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&conn.cert, &conn.key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok((uri, Some(tls)))
+}
+
 struct Client {
     inner: AdminServiceClient<Channel>,
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
@@ -284,7 +344,12 @@ struct Client {
 
 impl Client {
     async fn connect(conn: &Conn) -> Result<Client, CliError> {
-        let channel = channel(&conn.addr, Duration::from_secs(conn.timeout.max(1))).await?;
+        let channel = channel(
+            &conn.addr,
+            &conn.tls,
+            Duration::from_secs(conn.timeout.max(1)),
+        )
+        .await?;
         let token = match &conn.token {
             None => None,
             Some(t) => Some(
@@ -309,19 +374,22 @@ impl Client {
     }
 }
 
-/// A channel to `addr`, every call and the connection bounded by `timeout`.
+/// A channel to `addr` (TLS per [`ClientTls`]), every call and the
+/// connection bounded by `timeout`.
 ///
 /// # Errors
-/// A bad address, or no connection within `timeout`.
-pub async fn channel(addr: &str, timeout: Duration) -> Result<Channel, CliError> {
+/// A bad address, unreadable TLS files, or no connection within `timeout`.
+pub async fn channel(addr: &str, tls: &ClientTls, timeout: Duration) -> Result<Channel, CliError> {
     let err = |e: &dyn std::fmt::Display| CliError::Connect {
         addr: addr.to_owned(),
         error: e.to_string(),
     };
-    let endpoint = Channel::from_shared(addr.to_owned())
-        .map_err(|e| err(&e))?
-        .timeout(timeout)
-        .connect_timeout(timeout);
+    let (uri, tls) = endpoint_tls(addr, tls)?;
+    let mut endpoint = Channel::from_shared(uri).map_err(|e| err(&e))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| err(&e))?;
+    }
+    let endpoint = endpoint.timeout(timeout).connect_timeout(timeout);
     endpoint.connect().await.map_err(|e| err(&e))
 }
 
@@ -770,7 +838,7 @@ async fn usage_cmd(a: UsageArgs) -> Result<String, CliError> {
     let r = c
         .inner
         .get_usage(c.req(pb::GetUsageRequest {
-            key_id: a.key.unwrap_or_default(),
+            key_id: a.key_id.unwrap_or_default(),
             from_day: a.from.unwrap_or_default(),
             to_day: a.to.unwrap_or_default(),
             page_size: a.page_size,

@@ -34,6 +34,8 @@ pub struct ProbeArgs {
         default_value = "http://127.0.0.1:8081"
     )]
     pub addr: String,
+    #[command(flatten)]
+    pub tls: super::ClientTls,
     /// Seconds each step may take.
     #[arg(long, default_value_t = 5)]
     pub timeout: u64,
@@ -120,7 +122,7 @@ fn code_name(code: i32) -> &'static str {
 pub async fn probe(a: ProbeArgs) -> Result<String, CliError> {
     let request = a.request().map_err(CliError::Usage)?;
     let timeout = Duration::from_secs(a.timeout.max(1));
-    let channel = super::channel(&a.addr, timeout).await?;
+    let channel = super::channel(&a.addr, &a.tls, timeout).await?;
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let status = health

@@ -1,4 +1,5 @@
-//! Watching the configuration path for changes.
+//! Watching the configuration path (and other files sluice re-reads, such
+//! as TLS certificates) for changes.
 //!
 //! The watch is on a directory, never on a file: on the config directory
 //! itself, or on the parent of a config file. Editors replace files by
@@ -31,6 +32,14 @@ pub struct WatchError {
     source: notify::Error,
 }
 
+/// The directory holding `file` (`.` for a bare file name).
+fn parent(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 impl ConfigWatch {
     /// Starts watching the directory that holds `path`'s configuration.
     ///
@@ -40,12 +49,26 @@ impl ConfigWatch {
         let dir = if path.is_dir() {
             path.to_path_buf()
         } else {
-            match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            }
+            parent(path)
         };
+        ConfigWatch::start_dirs(&[dir], debounce)
+    }
+
+    /// Starts watching the directories that hold `files` (each once): for
+    /// files that are not configuration, such as TLS certificates.
+    ///
+    /// # Errors
+    /// [`WatchError`] when the OS watch cannot be set up.
+    pub fn start_files(files: &[&Path], debounce: Duration) -> Result<ConfigWatch, WatchError> {
+        let mut dirs: Vec<PathBuf> = files.iter().map(|f| parent(f)).collect();
+        dirs.sort();
+        dirs.dedup();
+        ConfigWatch::start_dirs(&dirs, debounce)
+    }
+
+    fn start_dirs(dirs: &[PathBuf], debounce: Duration) -> Result<ConfigWatch, WatchError> {
         let (tx, rx) = mpsc::channel(1);
+        let first = dirs.first().cloned().unwrap_or_else(|| PathBuf::from("."));
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 if let Ok(e) = event {
@@ -62,15 +85,17 @@ impl ConfigWatch {
                 }
             })
             .map_err(|source| WatchError {
-                path: dir.clone(),
+                path: first,
                 source,
             })?;
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|source| WatchError {
-                path: dir.clone(),
-                source,
-            })?;
+        for dir in dirs {
+            watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .map_err(|source| WatchError {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
         Ok(ConfigWatch {
             _watcher: watcher,
             changes: rx,

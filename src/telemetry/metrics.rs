@@ -143,6 +143,11 @@ pub struct Metrics {
     /// Gateway answers (ext_authz Check, `/auth`) by transport and code
     /// (OK, MISSING, NOT_FOUND, ..., RATE_LIMITED).
     pub authz_checks: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Re-reads of a listener's TLS files that changed them, by listener
+    /// and result (`ok`, or `error`: the previous certificate kept serving).
+    pub tls_reloads: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// TLS handshakes refused or abandoned, by listener.
+    pub tls_handshake_failures: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl Metrics {
@@ -441,6 +446,16 @@ pub fn registry(metrics: Arc<Metrics>, source: Arc<dyn StatsSource>) -> MetricsR
         "sluice_authz_checks",
         "Gateway answers (ext_authz Check, /auth) by transport and code",
         metrics.authz_checks.clone(),
+    );
+    registry.register(
+        "sluice_tls_reloads",
+        "Changed TLS files re-read, by listener and result (error: the previous certificate kept serving)",
+        metrics.tls_reloads.clone(),
+    );
+    registry.register(
+        "sluice_tls_handshake_failures",
+        "TLS handshakes refused or abandoned, by listener",
+        metrics.tls_handshake_failures.clone(),
     );
     registry.register_collector(Box::new(ServiceCollector {
         metrics: metrics.clone(),

@@ -29,4 +29,5 @@ mod redis_fixtures_selftest;
 mod redis_store;
 mod reload;
 mod rls;
+mod tls;
 mod traces;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod db;
 pub mod otlp;
 pub mod pg;

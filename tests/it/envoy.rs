@@ -16,6 +16,7 @@ use crate::support::{Sluice, avoid_minute_boundary, tool};
 pub struct Envoy {
     child: Child,
     pub front: u16,
+    admin: u16,
 }
 
 impl Drop for Envoy {
@@ -41,8 +42,14 @@ pub(crate) async fn start_envoy_from(template: &str, dir: &Path, sluice_port: u1
     start_envoy_with(template, dir, &[sluice_port], &[]).await
 }
 
-/// Envoy from `template` with its ports rewritten to free ones and the
-/// sluice cluster's one endpoint replaced by one per port of `sluices`.
+fn example(path: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(root.join(path)).unwrap()
+}
+
+/// Envoy from the example file `template` with its ports rewritten to free
+/// ones and the sluice cluster's one endpoint replaced by one per port of
+/// `sluices`.
 async fn start_envoy_on(template: &str, dir: &Path, sluices: &[u16]) -> Envoy {
     start_envoy_with(template, dir, sluices, &[]).await
 }
@@ -55,12 +62,21 @@ pub async fn start_envoy_with(
     sluices: &[u16],
     more: &[(u16, u16)],
 ) -> Envoy {
+    start_envoy_text(&example(template), dir, sluices, more).await
+}
+
+/// [`start_envoy_with`] for a template's text (an example, possibly
+/// rewritten by the test).
+async fn start_envoy_text(
+    template: &str,
+    dir: &Path,
+    sluices: &[u16],
+    more: &[(u16, u16)],
+) -> Envoy {
     const ENDPOINT: &str = "              - endpoint:
                   address:
                     socket_address: { address: 127.0.0.1, port_value: 8081 }
 ";
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let template = std::fs::read_to_string(root.join(template)).unwrap();
     assert!(template.contains(ENDPOINT), "{template}");
     let endpoints: String = sluices
         .iter()
@@ -93,7 +109,11 @@ pub async fn start_envoy_with(
         .stderr(log)
         .spawn()
         .expect("start envoy");
-    let envoy = Envoy { child, front };
+    let envoy = Envoy {
+        child,
+        front,
+        admin,
+    };
     let ready = format!("http://127.0.0.1:{admin}/ready");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -387,5 +407,205 @@ descriptors: []
         flushed,
         "usage counts {} admitted, {total} requests were",
         admitted.load(Ordering::Relaxed)
+    );
+}
+
+impl Envoy {
+    /// A counter from Envoy's admin `/stats` (0 when absent).
+    async fn stat(&self, name: &str) -> u64 {
+        let text = reqwest::get(format!(
+            "http://127.0.0.1:{}/stats?filter=^{name}$",
+            self.admin
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: "))?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// examples/envoy/envoy-mtls.yaml with its certificate paths pointed at
+/// `client` (a directory holding tls.crt, tls.key and ca.crt), and, when
+/// `reconnect_every` is set, Envoy opening a new connection (so a new
+/// handshake) to sluice after that many calls.
+fn mtls_config(client: &Path, reconnect_every: Option<u32>) -> String {
+    let mut c = example("examples/envoy/envoy-mtls.yaml")
+        .replace("/etc/envoy/sluice-client", client.to_str().unwrap());
+    if let Some(n) = reconnect_every {
+        let anchor = "          explicit_http_config:\n            http2_protocol_options: {}\n      transport_socket:";
+        assert!(c.contains(anchor));
+        c = c.replace(
+            anchor,
+            &format!("          common_http_protocol_options: {{ max_requests_per_connection: {n} }}\n{anchor}"),
+        );
+    }
+    c
+}
+
+fn mtls_sluice(server: &crate::support::certs::SecretDir) -> Sluice {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let edge = std::fs::read_to_string(root.join("examples/config/edge.yaml")).unwrap();
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    let (cert, key, ca) = (p(server.cert()), p(server.key()), p(server.ca()));
+    Sluice::start(
+        &edge,
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_over_mtls_gets_429_at_the_limit_and_rides_through_a_rotation() {
+    use crate::support::certs::{Ca, SecretDir, VALID, presented_fingerprint};
+
+    avoid_minute_boundary(40).await;
+    let ca = Ca::new("sluice test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let first = ca.server();
+    let mut server = SecretDir::new(&dir.path().join("server"), &first, &ca);
+    let client = SecretDir::new(&dir.path().join("envoy"), &ca.client("envoy", VALID), &ca);
+    let sluice = mtls_sluice(&server);
+    let envoy = start_envoy_text(
+        &mtls_config(&client.dir, Some(20)),
+        sluice.config_dir(),
+        &[sluice.grpc_addr.port()],
+        &[],
+    )
+    .await;
+
+    // Decided by sluice over mTLS: 5 per minute, then 429.
+    for i in 0..5 {
+        let r = get(&envoy, "/limited", &[]).await;
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(
+            r.headers()["x-ratelimit-remaining"],
+            (4 - i).to_string().as_str()
+        );
+    }
+    assert_eq!(get(&envoy, "/limited", &[]).await.status(), 429);
+
+    // Rotate sluice's certificate (a kubelet-style swap) while Envoy keeps
+    // sending; Envoy reconnects every 20 calls, so it makes new handshakes
+    // on both sides of the rotation.
+    let handshakes_before = envoy.stat("cluster.sluice.ssl.handshake").await;
+    let mut statuses = Vec::new();
+    let mut rotated_at = None;
+    let second = ca.server();
+    for i in 0..200u32 {
+        let user = format!("rot-{i}");
+        statuses.push(get(&envoy, "/header", &[("x-user", &user)]).await.status());
+        if i == 60 {
+            server.update(&second, &ca);
+            sluice.wait_log("TLS certificate reloaded", Duration::from_secs(10));
+            rotated_at = Some(envoy.stat("cluster.sluice.ssl.handshake").await);
+        }
+    }
+    let failed: Vec<_> = statuses.iter().filter(|s| **s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 200 failed: {failed:?}",
+        failed.len()
+    );
+    let handshakes_after = envoy.stat("cluster.sluice.ssl.handshake").await;
+    let rotated_at = rotated_at.unwrap();
+    assert!(
+        rotated_at > handshakes_before,
+        "Envoy reconnected before the rotation"
+    );
+    assert!(
+        handshakes_after >= rotated_at + 5,
+        "Envoy made new handshakes after the rotation: {rotated_at} -> {handshakes_after}"
+    );
+    assert_eq!(envoy.stat("cluster.upstream.ratelimit.error").await, 0);
+    assert_eq!(envoy.stat("cluster.sluice.ssl.connection_error").await, 0);
+    // New handshakes get the new certificate.
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let (c, k) = ca.client("probe", VALID).write(dir.path(), "probe");
+    assert_eq!(
+        presented_fingerprint(sluice.grpc_addr, &ca_file, Some((&c, &k)))
+            .await
+            .unwrap(),
+        second.fingerprint()
+    );
+    assert_ne!(first.fingerprint(), second.fingerprint());
+    // And sluice decided every one of them.
+    let metrics = sluice.metrics().await;
+    assert!(
+        metrics.contains("sluice_rule_within_limit_total{key=\"edge.user\"} 200"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_without_a_valid_client_certificate_is_refused() {
+    use crate::support::certs::{Ca, EXPIRED, SecretDir, VALID};
+
+    let ca = Ca::new("sluice test CA");
+    let other = Ca::new("another CA");
+    let dir = tempfile::tempdir().unwrap();
+    let server = SecretDir::new(&dir.path().join("server"), &ca.server(), &ca);
+    let sluice = mtls_sluice(&server);
+    // Envoy trusts sluice's CA in every case; what it presents varies.
+    let cases = [
+        ("foreign", Some(other.client("envoy", VALID))),
+        ("expired", Some(ca.client("envoy", EXPIRED))),
+        ("none", None),
+    ];
+    for (name, pair) in cases {
+        let client_dir = dir.path().join(name);
+        std::fs::create_dir(&client_dir).unwrap();
+        std::fs::write(client_dir.join("ca.crt"), &ca.pem).unwrap();
+        let mut config = mtls_config(&client_dir, None);
+        match pair {
+            Some(p) => {
+                p.write(&client_dir, "tls");
+            }
+            None => {
+                let block = format!(
+                    "            tls_certificates:\n              - certificate_chain: {{ filename: {0}/tls.crt }}\n                private_key: {{ filename: {0}/tls.key }}\n",
+                    client_dir.display()
+                );
+                assert!(config.contains(&block), "{config}");
+                config = config.replace(&block, "");
+            }
+        }
+        let envoy_dir = tempfile::tempdir().unwrap();
+        let envoy =
+            start_envoy_text(&config, envoy_dir.path(), &[sluice.grpc_addr.port()], &[]).await;
+        // failure_mode_deny: the call to sluice fails, the request is refused.
+        for _ in 0..3 {
+            let r = get(&envoy, "/limited", &[]).await;
+            assert_eq!(r.status(), 500, "{name}");
+        }
+        assert!(
+            envoy.stat("cluster.upstream.ratelimit.error").await >= 3,
+            "{name}"
+        );
+    }
+    let m = sluice.metrics().await;
+    let value = |series: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    assert!(
+        value("sluice_tls_handshake_failures_total{listener=\"grpc\"}") >= 3,
+        "{m}"
+    );
+    // No request reached a decision.
+    assert_eq!(
+        value("sluice_rule_total_hits_total{key=\"edge.generic_key_limited\"}"),
+        0,
+        "{m}"
     );
 }

@@ -585,6 +585,9 @@ impl Application {
             health.clone(),
             shutdown.clone(),
         ));
+        // A shared store's breaker probe (readiness and health do not
+        // follow the store: its failure mode answers while it is down).
+        let store_watch = engine.store().watch().map(tokio::spawn);
         let registry = metrics::registry(metrics.clone(), engine.clone());
         let http_state = Arc::new(HttpState {
             engine: engine.clone(),
@@ -669,6 +672,9 @@ impl Application {
         watcher.abort();
         for r in &tls_reloaders {
             r.abort();
+        }
+        if let Some(w) = &store_watch {
+            w.abort();
         }
         let drained = tokio::time::timeout(cfg.drain_timeout, async {
             let g = grpc_task.await;

@@ -323,12 +323,21 @@ struct ServeArgs {
     /// Prefix of every Redis key, so several deployments can share one Redis.
     #[arg(long, env = "SLUICE_REDIS_KEY_PREFIX", default_value = "sluice")]
     redis_key_prefix: String,
-    /// Bound on every Redis call, in milliseconds (Envoy's RPC timeout is 20 ms).
+    /// Milliseconds a Redis node may stay silent with calls outstanding
+    /// before sluice checks (PING, at least 250 ms) whether it is down; time
+    /// queued in sluice never counts.
     #[arg(long, env = "SLUICE_REDIS_TIMEOUT", default_value_t = 10)]
     redis_timeout: u64,
-    /// Redis connections per node.
+    /// Redis connections per node; each carries one batch call at a time.
     #[arg(long, env = "SLUICE_REDIS_POOL_SIZE", default_value_t = 2)]
     redis_pool_size: usize,
+    /// Most checks in one Redis batch script call (1 to 4096).
+    #[arg(long, env = "SLUICE_REDIS_BATCH_MAX", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    redis_batch_max: u64,
+    /// Microseconds a batch waits for more checks before it goes out while
+    /// a connection is free (0: at once; at most 10000).
+    #[arg(long, env = "SLUICE_REDIS_BATCH_WAIT_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    redis_batch_wait_us: u64,
     /// While Redis is unreachable: allow (answer OK), deny (answer OVER_LIMIT),
     /// or local (decide in memory with limits divided by --local-fallback-divisor).
     #[arg(long, env = "SLUICE_FAILURE_MODE", value_enum, default_value = "allow")]
@@ -631,6 +640,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             options.key_prefix = args.redis_key_prefix;
             options.command_timeout = Duration::from_millis(args.redis_timeout.max(1));
             options.pool_size = args.redis_pool_size.max(1);
+            options.batch_max = usize::try_from(args.redis_batch_max).unwrap_or(usize::MAX);
+            options.batch_wait = Duration::from_micros(args.redis_batch_wait_us);
             RedisConfig {
                 options,
                 resilience: ResilienceOptions {

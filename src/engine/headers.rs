@@ -9,10 +9,19 @@
 //!   `RateLimit-Policy` lists every applied policy (`"name";q=..;w=..`) and
 //!   `RateLimit` gives the tightest one's remaining quota and reset
 //!   (`"name";r=..;t=..`).
+//!
+//! In either mode, a decision the failure mode answered (the shared
+//! counter store was unreachable) also gets [`DEGRADED`]
+//! (`X-Sluice-Degraded: allow`, `deny` or `local`); descriptors answered by
+//! `allow` or `deny` carry no limit, so no rate-limit header describes
+//! them.
 
 use std::fmt::Write as _;
 
 use super::request::{Code, DescriptorStatus, Header};
+
+/// Added (with the failure mode's name) when the failure mode answered.
+pub const DEGRADED: &str = "X-Sluice-Degraded";
 
 /// Which rate-limit headers to add to responses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use parking_lot::RwLock;
 use smallvec::SmallVec;
 
-use crate::core::algorithm::whole_seconds;
+use crate::core::algorithm::{Fallback, whole_seconds};
 use crate::core::key::{self, Part};
 use crate::core::limit::{Algorithm, ChargePolicy, LimitSpec};
 use crate::core::rules::{Match, NodeValue, Rule, RuleLimits, RuleSet};
@@ -207,6 +207,7 @@ impl<S: CounterStore> Engine<S> {
                 Code::Ok,
                 &[],
                 mode,
+                None,
             ));
         }
 
@@ -256,6 +257,7 @@ impl<S: CounterStore> Engine<S> {
         let mut statuses = Vec::with_capacity(plans.len());
         let mut names = Vec::new();
         let mut any_over = false;
+        let mut degraded = None;
         let (mut quota_total, mut quota_over) = (0usize, 0usize);
         for p in &plans {
             let status = match p {
@@ -302,6 +304,21 @@ impl<S: CounterStore> Engine<S> {
                         names.resize(statuses.len(), String::new());
                         names.push(policy_name(l, i));
                     }
+                    if let Some(f) = outcome.degraded {
+                        degraded = Some(f);
+                        if !f.counted() {
+                            // The failure mode answered without counting:
+                            // report no limit state at all rather than
+                            // made-up numbers (see `Decision::degraded`).
+                            statuses.push(DescriptorStatus {
+                                code,
+                                current_limit: None,
+                                limit_remaining: 0,
+                                duration_until_reset: None,
+                            });
+                            continue;
+                        }
+                    }
                     DescriptorStatus {
                         code,
                         current_limit: Some(CurrentLimit {
@@ -323,7 +340,7 @@ impl<S: CounterStore> Engine<S> {
         } else {
             Code::Ok
         };
-        Ok(self.finish(statuses, overall, &names, mode))
+        Ok(self.finish(statuses, overall, &names, mode, degraded))
     }
 
     fn finish(
@@ -332,12 +349,22 @@ impl<S: CounterStore> Engine<S> {
         overall: Code,
         names: &[String],
         mode: HeaderMode,
+        degraded: Option<Fallback>,
     ) -> Decision {
-        let response_headers = headers::build(mode, &statuses, names);
+        let mut response_headers = headers::build(mode, &statuses, names);
+        if let Some(f) = degraded
+            && mode != HeaderMode::None
+        {
+            response_headers.push(request::Header {
+                name: headers::DEGRADED,
+                value: f.as_str().to_owned(),
+            });
+        }
         Decision {
             overall,
             statuses,
             response_headers,
+            degraded,
         }
     }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use crate::core::algorithm::Fallback;
 use crate::core::limit::LimitSpec;
 use crate::core::rules::Entry;
 use crate::core::unit::Unit;
@@ -121,4 +122,7 @@ pub struct Decision {
     pub statuses: Vec<DescriptorStatus>,
     /// Rate-limit headers, per the configured header mode.
     pub response_headers: Vec<Header>,
+    /// Set when some descriptor was answered by the failure mode instead
+    /// of the shared counters (which mode).
+    pub degraded: Option<Fallback>,
 }

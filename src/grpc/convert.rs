@@ -3,6 +3,11 @@
 //! proto3 zero values: a request `hits_addend` of 0 means 1 (resolved in the
 //! engine); a descriptor's `hits_addend` is a wrapper, so "absent" and "0"
 //! differ, and 0 checks without consuming.
+//!
+//! A decision the failure mode answered carries `dynamic_metadata`
+//! `{"sluice.degraded": "allow" | "deny" | "local"}` (Envoy emits it under
+//! the filter's namespace, `envoy.filters.http.ratelimit`, for access logs
+//! and later filters); a decision made on the shared counters carries none.
 
 use pbjson_types::Duration;
 
@@ -52,9 +57,21 @@ fn code(c: Code) -> i32 {
     }
 }
 
+/// The dynamic-metadata key that marks a failure-mode answer.
+pub const DEGRADED_KEY: &str = "sluice.degraded";
+
 /// The protocol response for a decision.
 pub fn response(d: Decision) -> RateLimitResponse {
+    let dynamic_metadata = d.degraded.map(|f| {
+        let mut fields = std::collections::HashMap::with_capacity(1);
+        fields.insert(
+            DEGRADED_KEY.to_owned(),
+            pbjson_types::Value::from(f.as_str()),
+        );
+        pbjson_types::Struct::from(fields)
+    });
     RateLimitResponse {
+        dynamic_metadata,
         overall_code: code(d.overall),
         statuses: d
             .statuses

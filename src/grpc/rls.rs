@@ -95,6 +95,7 @@ fn deny_invalid(descriptors: usize, index: usize, verdict: Verdict) -> RateLimit
         overall: Code::OverLimit,
         statuses,
         response_headers: Vec::new(),
+        degraded: None,
     });
     response.raw_body = body.to_string().into_bytes();
     response

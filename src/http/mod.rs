@@ -59,6 +59,8 @@ async fn readyz<S: CounterStore>(State(st): State<Arc<HttpState<S>>>) -> Respons
     } else if !st.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded\n").into_response()
     } else {
+        // A shared store that is down does not make sluice unready: the
+        // failure mode answers for it (see `store::resilient`).
         let store = st.engine.store().health();
         match (store.ready, store.degraded) {
             (false, _) => (
@@ -68,7 +70,7 @@ async fn readyz<S: CounterStore>(State(st): State<Arc<HttpState<S>>>) -> Respons
                 .into_response(),
             (true, true) => (
                 StatusCode::OK,
-                "ready (degraded: counter store unreachable, deciding locally)\n",
+                "ready (degraded: the counter store is not deciding every check; the failure mode answers for it)\n",
             )
                 .into_response(),
             (true, false) => (StatusCode::OK, "ready\n").into_response(),

@@ -4,11 +4,13 @@
 //! has limits, and gets one [`Outcome`] per check back. A store decides a
 //! check atomically: all limits of one check are read, decided and written
 //! together, so concurrent requests never over-admit. The memory store
-//! lives here; the Redis store will implement the same trait.
+//! ([`memory`]) and the Redis store ([`redis`]) implement the trait;
+//! [`resilient`] wraps a shared store with failure handling.
 //!
-//! May depend on: `core`, `secret`, tokio (background sweeping). Never on gRPC,
+//! May depend on: `core`, `secret`, tokio (background work). Never on gRPC,
 //! config loading or telemetry.
 
+pub mod histogram;
 pub mod memory;
 pub mod redis;
 pub mod resilient;
@@ -17,6 +19,7 @@ use std::future::Future;
 
 use crate::core::algorithm::Outcome;
 use crate::core::limit::{ChargePolicy, LimitSpec};
+pub use histogram::{Histogram, HistogramSnapshot};
 
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
@@ -35,8 +38,14 @@ pub struct Check<'a> {
     pub policy: ChargePolicy,
 }
 
+/// One check's outcome, or why the store could not decide it.
+pub type CheckResult = Result<Outcome, StoreError>;
+
+/// One result per check, inline for typical request sizes.
+pub type CheckResults = smallvec::SmallVec<[CheckResult; 4]>;
+
 /// A store could not decide.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("counter store unavailable: {0}")]
     Unavailable(String),
@@ -56,8 +65,46 @@ pub trait CounterStore: Send + Sync + std::fmt::Debug + 'static {
         checks: &[Check<'_>],
     ) -> impl Future<Output = Result<Outcomes, StoreError>> + Send;
 
+    /// Decides every check on its own: one result per check, in order, so
+    /// a check the store cannot decide does not fail its neighbours (a
+    /// Redis Cluster node that is down fails only the checks it owns).
+    /// The default runs [`check`](Self::check) and gives its error to every
+    /// check.
+    fn check_each(&self, checks: &[Check<'_>]) -> impl Future<Output = CheckResults> + Send {
+        async move {
+            match self.check(checks).await {
+                Ok(o) if o.len() == checks.len() => o.into_iter().map(Ok).collect(),
+                Ok(_) => checks
+                    .iter()
+                    .map(|_| {
+                        Err(StoreError::Unavailable(
+                            "store answered another number of checks than it was sent".into(),
+                        ))
+                    })
+                    .collect(),
+                Err(e) => checks.iter().map(|_| Err(e.clone())).collect(),
+            }
+        }
+    }
+
+    /// One cheap round trip to the store, to tell whether it answers at
+    /// all (a failure-mode breaker closes on it). Stores in this process
+    /// always answer.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store does not answer.
+    fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Gauges and counters about the store itself, for `/metrics`.
     fn store_stats(&self) -> StoreStats;
+
+    /// Distributions about the store's calls, for `/metrics` (none for a
+    /// store in this process).
+    fn store_histograms(&self) -> Vec<HistogramSnapshot> {
+        Vec::new()
+    }
 
     /// Whether the store can serve, for readiness and health.
     fn health(&self) -> StoreHealth {
@@ -68,10 +115,13 @@ pub trait CounterStore: Send + Sync + std::fmt::Debug + 'static {
 /// A store's readiness.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreHealth {
-    /// Decisions are being made as configured (for a shared store: it
-    /// answers, or the local fallback stands in for it).
+    /// Decisions can be made as configured: the store answers, or the
+    /// configured failure mode answers for it (every failure mode can, so
+    /// a shared store that is down does not make a replica unready: taking
+    /// every replica out of service at once would turn a degraded limiter
+    /// into none).
     pub ready: bool,
-    /// Decisions are not coming from the shared store.
+    /// Some decisions are not coming from the shared store.
     pub degraded: bool,
 }
 
@@ -95,9 +145,12 @@ pub struct StoreStats {
     pub overflow: u64,
     /// Shared store: script calls sent.
     pub commands: u64,
-    /// Shared store: batches written to the network (a lower bound on
-    /// round trips saved by pipelining: commands / batches per batch).
+    /// Shared store: decisions whose checks went to the store (each waits
+    /// for one round trip: one script call per node its checks are on).
     pub batches: u64,
+    /// Shared store: checks sent (commands / checks is how many checks
+    /// shared a script call).
+    pub checks: u64,
     /// Checks answered by the failure mode while the shared store was
     /// unreachable.
     pub degraded_checks: u64,

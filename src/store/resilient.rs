@@ -1,17 +1,33 @@
-//! A shared store (Redis) made safe to depend on: a circuit breaker, a
-//! configured answer while the store is unreachable, and a local cache of
-//! keys known to be over their limit.
+//! A shared store (Redis) made safe to depend on: a configured answer for
+//! every check the store cannot decide, a circuit breaker that stops
+//! calling a store that answers nothing, a background probe that closes it
+//! again, and a local cache of keys known to be over their limit.
 //!
-//! * **Failure mode.** When the primary store fails (error or timeout) or
-//!   the breaker is open, checks are answered per [`FailureMode`]: `Allow`
-//!   admits, `Deny` rejects, `Local` decides on an in-memory store with
-//!   every limit divided by the number of replicas (`--local-fallback-divisor`).
-//!   A request is always answered; it never waits longer than the primary's
-//!   own timeout.
-//! * **Circuit breaker.** After `failure_threshold` consecutive failures the
-//!   breaker opens: the primary is not called for `open_for`; then one probe
-//!   request goes through (half-open); its success closes the breaker, its
-//!   failure opens it again for twice as long (up to `max_open_for`).
+//! * **Failure mode.** A check the primary store cannot decide (an error, a
+//!   node that is down, a timeout), or every check while the breaker is
+//!   open, is answered per [`FailureMode`]: `Allow` admits, `Deny`
+//!   rejects, `Local` decides on an in-memory store with every limit
+//!   divided by the number of replicas (`--local-fallback-divisor`). Each
+//!   check on its own: with one Redis Cluster master down, only the checks
+//!   it owns are answered so. Such an answer is marked
+//!   ([`Outcome::degraded`]): `Allow` and `Deny` carry no counter state (no
+//!   counts, nothing remaining, no reset: nothing was counted), `Local`
+//!   carries the local counters'. A request is always answered, and never
+//!   waits longer than the primary's own bounds.
+//! * **Circuit breaker.** After `failure_threshold` consecutive calls in
+//!   which the primary decided none of its checks, the breaker opens and
+//!   the primary is not called. A background probe
+//!   ([`Resilient::watch`], every `probe_interval`, 100 ms by default)
+//!   asks the primary for one cheap round trip ([`CounterStore::probe`])
+//!   whether or not traffic arrives; the first answer closes the breaker,
+//!   so decisions come from the primary again within `probe_interval` of
+//!   it answering. No request is ever used as a probe.
+//! * **Readiness.** A replica stays ready whatever the primary does: the
+//!   failure mode answers for it, and taking every replica out of service
+//!   at once when a shared dependency blips would turn a degraded limiter
+//!   into none. [`Health::degraded`] (the `sluice_store_degraded` gauge,
+//!   `/readyz`'s text, and the warnings logged when the breaker opens and
+//!   closes) says when decisions are not coming from the primary.
 //! * **Over-limit cache.** A fixed-window denial where even one more hit is
 //!   over the limit stays a denial until the window ends, so it is answered
 //!   from memory until then without a round trip. Only denials are cached;
@@ -25,11 +41,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use smallvec::SmallVec;
 
-use super::{Check, CounterStore, MemoryStore, Outcomes, StoreError, StoreStats};
-use crate::core::algorithm::{Outcome, Verdict};
+use super::{
+    Check, CheckResults, CounterStore, HistogramSnapshot, MemoryStore, Outcomes, StoreError,
+    StoreStats,
+};
+use crate::core::algorithm::{Fallback, Outcome, Verdict};
 use crate::core::limit::{Algorithm, LimitSpec};
 
 /// What to answer while the shared store is unreachable.
@@ -44,17 +62,31 @@ pub enum FailureMode {
     Local,
 }
 
+impl FailureMode {
+    /// How answers of this mode are marked.
+    pub fn fallback(self) -> Fallback {
+        match self {
+            FailureMode::Allow => Fallback::Allow,
+            FailureMode::Deny => Fallback::Deny,
+            FailureMode::Local => Fallback::Local,
+        }
+    }
+}
+
 /// Breaker and cache settings.
 #[derive(Clone, Copy, Debug)]
 pub struct ResilienceOptions {
     pub mode: FailureMode,
     /// Replicas sharing the limits; local fallback limits are divided by it.
     pub local_divisor: u32,
-    /// Consecutive failures that open the breaker.
+    /// Consecutive calls in which the primary decided nothing that open
+    /// the breaker.
     pub failure_threshold: u32,
-    /// First open period; doubles on each failed probe up to `max_open_for`.
-    pub open_for: Duration,
-    pub max_open_for: Duration,
+    /// How often the background probe asks the primary while the breaker
+    /// is open.
+    pub probe_interval: Duration,
+    /// The most one probe may take.
+    pub probe_timeout: Duration,
     /// Keys held in the over-limit cache (0 disables it).
     pub over_limit_cache_size: u64,
 }
@@ -65,8 +97,8 @@ impl Default for ResilienceOptions {
             mode: FailureMode::Allow,
             local_divisor: 1,
             failure_threshold: 3,
-            open_for: Duration::from_millis(500),
-            max_open_for: Duration::from_secs(10),
+            probe_interval: Duration::from_millis(100),
+            probe_timeout: Duration::from_secs(1),
             over_limit_cache_size: 100_000,
         }
     }
@@ -77,100 +109,56 @@ impl Default for ResilienceOptions {
 pub enum BreakerState {
     Closed,
     Open,
+    /// Open, with a background probe in flight.
     HalfOpen,
 }
 
 #[derive(Debug)]
 struct Breaker {
     failures: AtomicU32,
-    /// Set while open or probing.
-    tripped: AtomicBool,
-    /// A probe is in flight.
+    open: AtomicBool,
+    /// A background probe is in flight.
     probing: AtomicBool,
-    /// (when the current open period ends, its length)
-    open: Mutex<(Instant, Duration)>,
     threshold: u32,
-    first: Duration,
-    max: Duration,
 }
 
 impl Breaker {
     fn new(o: &ResilienceOptions) -> Breaker {
         Breaker {
             failures: AtomicU32::new(0),
-            tripped: AtomicBool::new(false),
+            open: AtomicBool::new(false),
             probing: AtomicBool::new(false),
-            open: Mutex::new((Instant::now(), o.open_for)),
             threshold: o.failure_threshold.max(1),
-            first: o.open_for,
-            max: o.max_open_for.max(o.open_for),
         }
     }
 
-    /// Whether this call may go to the primary; `true` with `probe` set when
-    /// it is the half-open probe.
-    fn admit(&self) -> (bool, bool) {
-        if !self.tripped.load(Relaxed) {
-            return (true, false);
-        }
-        let until = self.open.lock().0;
-        if Instant::now() < until {
-            return (false, false);
-        }
-        let won = self
-            .probing
-            .compare_exchange(false, true, Relaxed, Relaxed)
-            .is_ok();
-        (won, won)
+    fn is_open(&self) -> bool {
+        self.open.load(Relaxed)
     }
 
-    fn success(&self, probe: bool) {
+    fn success(&self) {
         self.failures.store(0, Relaxed);
-        if probe || self.tripped.load(Relaxed) {
-            if self.tripped.swap(false, Relaxed) {
-                tracing::info!("counter store reachable again; circuit breaker closed");
-            }
-            *self.open.lock() = (Instant::now(), self.first);
-            self.probing.store(false, Relaxed);
+        if self.open.swap(false, Relaxed) {
+            tracing::info!("counter store answers again; circuit breaker closed, deciding there");
         }
     }
 
-    fn failure(&self, probe: bool) {
+    fn failure(&self, mode: FailureMode) {
         let n = self.failures.fetch_add(1, Relaxed) + 1;
-        if probe {
-            let mut open = self.open.lock();
-            let next = (open.1 * 2).min(self.max);
-            *open = (Instant::now() + next, next);
-            self.probing.store(false, Relaxed);
-        } else if n >= self.threshold && !self.tripped.swap(true, Relaxed) {
-            *self.open.lock() = (Instant::now() + self.first, self.first);
+        if n >= self.threshold && !self.open.swap(true, Relaxed) {
             tracing::warn!(
                 failures = n,
-                open_for = ?self.first,
-                "counter store failing; circuit breaker open"
+                failure_mode = mode.fallback().as_str(),
+                "counter store not answering; circuit breaker open, answering per the failure mode until a background probe gets through"
             );
         }
     }
 
     fn state(&self) -> BreakerState {
-        match (self.tripped.load(Relaxed), self.probing.load(Relaxed)) {
+        match (self.is_open(), self.probing.load(Relaxed)) {
             (false, _) => BreakerState::Closed,
             (true, true) => BreakerState::HalfOpen,
             (true, false) => BreakerState::Open,
-        }
-    }
-}
-
-/// Releases an unfinished half-open probe.
-struct ProbeGuard<'a> {
-    breaker: &'a Breaker,
-    armed: bool,
-}
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.breaker.probing.store(false, Relaxed);
         }
     }
 }
@@ -182,7 +170,7 @@ struct Counters {
     degraded: AtomicU64,
     /// Checks answered from the over-limit cache.
     cached_denials: AtomicU64,
-    /// Calls to the primary that failed.
+    /// Calls to the primary in which some check failed.
     failures: AtomicU64,
 }
 
@@ -204,21 +192,21 @@ pub struct Resilient<P> {
 pub struct Health {
     pub breaker: BreakerState,
     pub mode: FailureMode,
-    /// The shared store reports itself connected (checked even when no
-    /// traffic is flowing to trip the breaker).
-    pub connected: bool,
+    /// The primary reports itself able to decide everything (connected,
+    /// no node down).
+    pub primary_ok: bool,
 }
 
 impl Health {
-    /// Ready to serve: the shared store answers, or the local fallback
-    /// stands in for it.
+    /// Ready to serve: always, since the failure mode answers for the
+    /// primary (see the module docs).
     pub fn ready(&self) -> bool {
-        !self.degraded() || self.mode == FailureMode::Local
+        true
     }
 
-    /// Serving, but not from the shared store.
+    /// Serving, but not (only) from the shared store.
     pub fn degraded(&self) -> bool {
-        self.breaker != BreakerState::Closed || !self.connected
+        self.breaker != BreakerState::Closed || !self.primary_ok
     }
 }
 
@@ -249,10 +237,11 @@ impl<P: CounterStore> Resilient<P> {
     }
 
     pub fn health(&self) -> Health {
+        let primary = self.primary.health();
         Health {
             breaker: self.breaker.state(),
             mode: self.options.mode,
-            connected: self.primary.health().ready,
+            primary_ok: primary.ready && !primary.degraded,
         }
     }
 
@@ -266,13 +255,36 @@ impl<P: CounterStore> Resilient<P> {
         )
     }
 
-    async fn degrade(&self, checks: &[Check<'_>]) -> Result<Outcomes, StoreError> {
+    /// Probes the primary every `probe_interval` while the breaker is
+    /// open, closing it on the first answer; runs until dropped.
+    pub async fn watch(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.options.probe_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !self.breaker.is_open() {
+                continue;
+            }
+            self.breaker.probing.store(true, Relaxed);
+            let probe = tokio::time::timeout(self.options.probe_timeout, self.primary.probe());
+            let answered = matches!(probe.await, Ok(Ok(())));
+            self.breaker.probing.store(false, Relaxed);
+            if answered {
+                self.breaker.success();
+            } else {
+                tracing::debug!("counter store probe failed; breaker stays open");
+            }
+        }
+    }
+
+    /// The failure mode's answers for `checks`.
+    async fn degrade(&self, checks: &[Check<'_>]) -> Outcomes {
         self.counters
             .degraded
             .fetch_add(checks.len() as u64, Relaxed);
         match self.options.mode {
-            FailureMode::Allow => Ok(checks.iter().map(|c| fixed_answer(c, true)).collect()),
-            FailureMode::Deny => Ok(checks.iter().map(|c| fixed_answer(c, false)).collect()),
+            FailureMode::Allow => checks.iter().map(|c| fixed_answer(c, true)).collect(),
+            FailureMode::Deny => checks.iter().map(|c| fixed_answer(c, false)).collect(),
             FailureMode::Local => {
                 let divisor = self.options.local_divisor.max(1);
                 let divided: SmallVec<[SmallVec<[LimitSpec; 2]>; 4]> = checks
@@ -284,9 +296,104 @@ impl<P: CounterStore> Resilient<P> {
                     .zip(&divided)
                     .map(|(c, limits)| Check { limits, ..*c })
                     .collect();
-                self.local.check(&local).await
+                // The memory store always answers; should it not, the
+                // checks are admitted, marked as such.
+                match self.local.check(&local).await {
+                    Ok(mut o) if o.len() == checks.len() => {
+                        for outcome in &mut o {
+                            outcome.degraded = Some(Fallback::Local);
+                        }
+                        o
+                    }
+                    _ => checks.iter().map(|c| fixed_answer(c, true)).collect(),
+                }
             }
         }
+    }
+
+    /// Every check decided: by the primary, from the over-limit cache, or
+    /// by the failure mode.
+    async fn decide_each(&self, checks: &[Check<'_>]) -> Outcomes {
+        let now = Instant::now();
+        // Answer what the over-limit cache knows; send the rest.
+        let mut answers: SmallVec<[Option<Outcome>; 4]> = SmallVec::new();
+        let mut cache_keys: SmallVec<[Option<Box<[u8]>>; 4]> = SmallVec::new();
+        if let Some(denials) = &self.denials {
+            for c in checks {
+                let key = cache_key(c);
+                let hit = denials.get(&key).filter(|until| *until > now);
+                answers.push(hit.map(|until| {
+                    self.counters.cached_denials.fetch_add(1, Relaxed);
+                    cached_answer(c, until, now)
+                }));
+                cache_keys.push(Some(key));
+            }
+        } else {
+            answers.extend(checks.iter().map(|_| None));
+            cache_keys.extend(checks.iter().map(|_| None));
+        }
+        let pending: SmallVec<[usize; 4]> = (0..checks.len())
+            .filter(|&i| answers[i].is_none())
+            .collect();
+        if pending.is_empty() {
+            return answers.into_iter().flatten().collect();
+        }
+        let sent: SmallVec<[Check<'_>; 4]> = pending.iter().map(|&i| checks[i]).collect();
+
+        let mut failed: SmallVec<[usize; 4]> = SmallVec::new();
+        if self.breaker.is_open() {
+            failed.extend(pending.iter().copied());
+        } else {
+            let results: CheckResults = self.primary.check_each(&sent).await;
+            let mut decided = 0usize;
+            let mut first_error: Option<StoreError> = None;
+            for (k, &i) in pending.iter().enumerate() {
+                match results.get(k) {
+                    Some(Ok(o)) => {
+                        decided += 1;
+                        if let (Some(denials), Some(Some(key)), Some(d)) = (
+                            &self.denials,
+                            cache_keys.get(i),
+                            cacheable_denial(&checks[i], o),
+                        ) {
+                            denials.insert(key.clone(), now + d);
+                        }
+                        answers[i] = Some(o.clone());
+                    }
+                    Some(Err(e)) => {
+                        first_error.get_or_insert_with(|| e.clone());
+                        failed.push(i);
+                    }
+                    None => failed.push(i),
+                }
+            }
+            if decided == 0 {
+                self.breaker.failure(self.options.mode);
+            } else {
+                self.breaker.success();
+            }
+            if !failed.is_empty() {
+                self.counters.failures.fetch_add(1, Relaxed);
+                if let Some(e) = first_error {
+                    tracing::debug!(error = %e, checks = failed.len(), "counter store could not decide; using the failure mode");
+                }
+            }
+        }
+        if !failed.is_empty() {
+            let degraded_checks: SmallVec<[Check<'_>; 4]> =
+                failed.iter().map(|&i| checks[i]).collect();
+            let outcomes = self.degrade(&degraded_checks).await;
+            for (&i, o) in failed.iter().zip(outcomes) {
+                answers[i] = Some(o);
+            }
+        }
+        answers
+            .into_iter()
+            .zip(checks)
+            .map(|(a, c)| {
+                a.unwrap_or_else(|| fixed_answer(c, self.options.mode != FailureMode::Deny))
+            })
+            .collect()
     }
 }
 
@@ -301,7 +408,10 @@ fn divide(l: &LimitSpec, divisor: u32) -> LimitSpec {
     }
 }
 
-/// Admit or reject without counting.
+/// Admit or reject without counting, marked as the failure mode's answer.
+/// The verdicts say only admitted or not: nothing was counted, so nothing
+/// is remaining and no reset is known (a rejection is reported as at its
+/// limit, so per-rule statistics count it over the limit).
 fn fixed_answer(c: &Check<'_>, admit: bool) -> Outcome {
     Outcome {
         admitted: admit,
@@ -310,15 +420,20 @@ fn fixed_answer(c: &Check<'_>, admit: bool) -> Outcome {
             .iter()
             .map(|l| Verdict {
                 admitted: admit,
-                used_before: 0,
-                remaining: if admit {
-                    u64::from(l.requests_per_unit).saturating_sub(c.hits)
-                } else {
+                used_before: if admit {
                     0
+                } else {
+                    u64::from(l.requests_per_unit)
                 },
-                reset_ns: l.window_ns(),
+                remaining: 0,
+                reset_ns: 0,
             })
             .collect(),
+        degraded: Some(if admit {
+            Fallback::Allow
+        } else {
+            Fallback::Deny
+        }),
     }
 }
 
@@ -371,104 +486,22 @@ fn cached_answer(c: &Check<'_>, until: Instant, now: Instant) -> Outcome {
                 reset_ns: reset.max(1),
             })
             .collect(),
+        degraded: None,
     }
 }
 
 impl<P: CounterStore> CounterStore for Resilient<P> {
+    /// Never fails: what the primary cannot decide, the failure mode does.
     async fn check(&self, checks: &[Check<'_>]) -> Result<Outcomes, StoreError> {
-        let now = Instant::now();
-        // Answer what the over-limit cache knows; send the rest.
-        let mut answers: SmallVec<[Option<Outcome>; 4]> = SmallVec::new();
-        let mut cache_keys: SmallVec<[Option<Box<[u8]>>; 4]> = SmallVec::new();
-        if let Some(denials) = &self.denials {
-            for c in checks {
-                let key = cache_key(c);
-                let hit = denials.get(&key).filter(|until| *until > now);
-                answers.push(hit.map(|until| {
-                    self.counters.cached_denials.fetch_add(1, Relaxed);
-                    cached_answer(c, until, now)
-                }));
-                cache_keys.push(Some(key));
-            }
-        } else {
-            answers.extend(checks.iter().map(|_| None));
-            cache_keys.extend(checks.iter().map(|_| None));
-        }
-        let pending: SmallVec<[Check<'_>; 4]> = checks
-            .iter()
-            .zip(&answers)
-            .filter(|(_, a)| a.is_none())
-            .map(|(c, _)| *c)
-            .collect();
-        if pending.is_empty() {
-            return Ok(answers.into_iter().flatten().collect());
-        }
+        Ok(self.decide_each(checks).await)
+    }
 
-        let (go, probe) = self.breaker.admit();
-        let fresh = if go {
-            // If this future is dropped mid-call (the caller went away), the
-            // guard hands the probe back so the breaker cannot stay stuck.
-            let mut guard = ProbeGuard {
-                breaker: &self.breaker,
-                armed: probe,
-            };
-            let result = self.primary.check(&pending).await;
-            guard.armed = false;
-            match result {
-                Ok(o) if o.len() == pending.len() => {
-                    self.breaker.success(probe);
-                    Some(o)
-                }
-                Ok(_) => {
-                    self.breaker.failure(probe);
-                    self.counters.failures.fetch_add(1, Relaxed);
-                    None
-                }
-                Err(e) => {
-                    self.breaker.failure(probe);
-                    self.counters.failures.fetch_add(1, Relaxed);
-                    tracing::debug!(error = %e, "counter store call failed; using the failure mode");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let fresh = match fresh {
-            Some(o) => {
-                if let Some(denials) = &self.denials {
-                    for ((c, o), key) in pending.iter().zip(&o).zip(
-                        cache_keys
-                            .iter()
-                            .zip(&answers)
-                            .filter(|(_, a)| a.is_none())
-                            .map(|(k, _)| k),
-                    ) {
-                        if let (Some(d), Some(key)) = (cacheable_denial(c, o), key) {
-                            denials.insert(key.clone(), now + d);
-                        }
-                    }
-                }
-                o
-            }
-            None => self.degrade(&pending).await?,
-        };
-        let mut fresh = fresh.into_iter();
-        let mut out = Outcomes::with_capacity(checks.len());
-        for a in answers {
-            match a {
-                Some(o) => out.push(o),
-                None => match fresh.next() {
-                    Some(o) => out.push(o),
-                    None => {
-                        return Err(StoreError::Unavailable(
-                            "store answered fewer checks than it was sent".into(),
-                        ));
-                    }
-                },
-            }
-        }
-        Ok(out)
+    async fn check_each(&self, checks: &[Check<'_>]) -> CheckResults {
+        self.decide_each(checks).await.into_iter().map(Ok).collect()
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.primary.probe().await
     }
 
     fn store_stats(&self) -> StoreStats {
@@ -489,6 +522,10 @@ impl<P: CounterStore> CounterStore for Resilient<P> {
             },
             ..primary
         }
+    }
+
+    fn store_histograms(&self) -> Vec<HistogramSnapshot> {
+        self.primary.store_histograms()
     }
 
     fn health(&self) -> super::StoreHealth {
@@ -516,6 +553,27 @@ impl<P: CounterStore> CounterStore for AnyStore<P> {
         }
     }
 
+    async fn check_each(&self, checks: &[Check<'_>]) -> CheckResults {
+        match self {
+            AnyStore::Memory(m) => m.check_each(checks).await,
+            AnyStore::Shared(r) => r.check_each(checks).await,
+        }
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(m) => m.probe().await,
+            AnyStore::Shared(r) => r.probe().await,
+        }
+    }
+
+    fn store_histograms(&self) -> Vec<HistogramSnapshot> {
+        match self {
+            AnyStore::Memory(m) => m.store_histograms(),
+            AnyStore::Shared(r) => r.store_histograms(),
+        }
+    }
+
     fn store_stats(&self) -> StoreStats {
         match self {
             AnyStore::Memory(m) => m.store_stats(),
@@ -527,6 +585,17 @@ impl<P: CounterStore> CounterStore for AnyStore<P> {
         match self {
             AnyStore::Memory(m) => m.health(),
             AnyStore::Shared(r) => CounterStore::health(&**r),
+        }
+    }
+}
+
+impl<P: CounterStore> AnyStore<P> {
+    /// The background probe of a shared store's breaker
+    /// ([`Resilient::watch`]); `None` for the memory store.
+    pub fn watch(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        match self {
+            AnyStore::Memory(_) => None,
+            AnyStore::Shared(r) => Some(r.clone().watch()),
         }
     }
 }

@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use super::otel;
 use crate::core::stats::StatsSnapshot;
 use crate::engine::Engine;
-use crate::store::{CounterStore, StoreHealth, StoreStats};
+use crate::store::{CounterStore, HistogramSnapshot, StoreHealth, StoreStats};
 
 /// Upper bounds of the RPC latency buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -176,6 +176,7 @@ pub trait StatsSource: Send + Sync + std::fmt::Debug + 'static {
     /// Every rule and dynamic metric key with its counters.
     fn rule_stats(&self) -> Vec<(Arc<str>, StatsSnapshot)>;
     fn store_stats(&self) -> StoreStats;
+    fn store_histograms(&self) -> Vec<HistogramSnapshot>;
     fn store_health(&self) -> StoreHealth;
     /// Hits recorded on a rule's own key because the metric-key cap was hit.
     fn metric_key_overflow(&self) -> u64;
@@ -206,6 +207,10 @@ impl<S: CounterStore> StatsSource for Engine<S> {
 
     fn store_stats(&self) -> StoreStats {
         self.store().store_stats()
+    }
+
+    fn store_histograms(&self) -> Vec<HistogramSnapshot> {
+        self.store().store_histograms()
     }
 
     fn store_health(&self) -> StoreHealth {
@@ -363,14 +368,15 @@ impl Collector for ServiceCollector {
         for (name, help, v) in [
             (
                 "sluice_redis_commands",
-                "Script calls sent to Redis",
+                "Script calls sent to Redis (batch calls, each carrying many checks)",
                 store.commands,
             ),
             (
                 "sluice_redis_batches",
-                "Pipelined batches written to Redis (round trips)",
+                "Decisions whose checks went to Redis (each waits for one round trip)",
                 store.batches,
             ),
+            ("sluice_redis_checks", "Checks sent to Redis", store.checks),
             (
                 "sluice_store_degraded_checks",
                 "Checks answered by the failure mode while the shared store was unreachable",
@@ -402,6 +408,12 @@ impl Collector for ServiceCollector {
             "1 while decisions are not coming from the shared store",
             i64::from(health.degraded),
         )?;
+        for h in self.source.store_histograms() {
+            let mut m = encoder.encode_descriptor(h.name, h.help, None, MetricType::Histogram)?;
+            m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                h.sum, h.count, &h.buckets, None,
+            )?;
+        }
         counter(
             &mut encoder,
             "sluice_counters_overflow",

@@ -91,6 +91,38 @@ pub struct Outcome {
     pub admitted: bool,
     /// One verdict per limit, in the rule's order.
     pub verdicts: SmallVec<[Verdict; 2]>,
+    /// Set when the shared counters could not be used and a failure mode
+    /// answered instead; `None` for a decision made on the counters.
+    pub degraded: Option<Fallback>,
+}
+
+/// Which failure mode answered a check the shared counters could not
+/// decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// Admitted without counting: the verdict numbers mean nothing.
+    Allow,
+    /// Rejected without counting: the verdict numbers mean nothing.
+    Deny,
+    /// Decided on this replica's own counters, each limit divided by the
+    /// number of replicas: the numbers are real, but local.
+    Local,
+}
+
+impl Fallback {
+    /// The name used in metadata, headers and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::Allow => "allow",
+            Fallback::Deny => "deny",
+            Fallback::Local => "local",
+        }
+    }
+
+    /// Whether the verdicts carry counter state (only `Local`'s do).
+    pub fn counted(self) -> bool {
+        self == Fallback::Local
+    }
 }
 
 impl Outcome {
@@ -130,6 +162,7 @@ pub fn decide(
     let mut outcome = Outcome {
         admitted: true,
         verdicts: SmallVec::with_capacity(specs.len()),
+        degraded: None,
     };
     let mut next: SmallVec<[LimitState; 2]> = SmallVec::with_capacity(specs.len());
     for (spec, state) in specs.iter().zip(states.iter()) {

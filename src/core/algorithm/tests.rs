@@ -947,6 +947,7 @@ fn outcome(verdicts: &[Verdict]) -> Outcome {
     Outcome {
         admitted: verdicts.iter().all(|v| v.admitted),
         verdicts: verdicts.iter().copied().collect(),
+        degraded: None,
     }
 }
 

@@ -1,42 +1,62 @@
 //! Redis key names: the only place they are built.
 //!
-//! # Scheme
+//! # Scheme (version 2)
 //!
 //! ```text
-//! {prefix}:{<tag>}:<slot>
-//! sluice:{9f86d081884c7d659a2feaa0c55ad015}:5a1c3e0d7f42b6a9
+//! {prefix}:v2:{<tag>}:<slot>
+//! sluice:v2:{6b3a55e0261b0304143f805a24924d0c}:5a1c3e0d7f42b6a9
 //! ```
 //!
 //! * `prefix` is `--redis-key-prefix` (default `sluice`), so several
 //!   deployments can share one Redis. It may not contain `{`, `}` or
 //!   whitespace: a brace would move Redis Cluster's hash tag.
-//! * `<tag>` is the lowercase hex of the first 128 bits of SHA-256 over the
+//! * `v2` is the key-scheme version ([`KEY_SCHEME`]). It changes whenever
+//!   the same counter would get a different key, so two schemes never read
+//!   each other's counters by accident.
+//! * `<tag>` is the lowercase hex of XXH3-128 (xxHash, seed 0) over the
 //!   check's key bytes ([`crate::core::key`]: the domain and the
-//!   descriptor's entries, length-prefixed). It is the Redis Cluster hash
-//!   tag: only the text between the braces is hashed to pick the slot.
-//!   Hashing (rather than embedding the descriptor) means request values
-//!   can contain anything, `{`, `}`, newlines, binary, 10 KB of text, and
-//!   never break the tag, never make long keys (every key is the same
-//!   short length), and never collide in practice (128 bits). It is a
-//!   plain, unkeyed hash, the same in every process and release, so every
-//!   replica names the same counter the same way.
+//!   descriptor's entries, length-prefixed), most significant byte first.
+//!   It is the Redis Cluster hash tag: only the text between the braces is
+//!   hashed to pick the slot. Hashing (rather than embedding the
+//!   descriptor) means request values can contain anything, `{`, `}`,
+//!   newlines, binary, 10 KB of text, and never break the tag, never make
+//!   long keys (every key is the same short length), and never collide in
+//!   practice (128 bits). XXH3 is a plain, unkeyed, specified hash whose
+//!   output is fixed across processes, platforms and releases, so every
+//!   replica names the same counter the same way; it is not a
+//!   cryptographic hash, and does not need to be: descriptor values choose
+//!   which counter they land on, nothing more, and a caller that could
+//!   engineer a collision could as well send the other descriptor.
 //! * `<slot>` is the limit's [`LimitSpec::slot`](crate::core::limit::LimitSpec)
 //!   as 16 lowercase hex digits: each limit of a descriptor has its own key,
 //!   all under the same tag, so all limits of one check live in one cluster
-//!   slot (one node) and one Lua call decides them atomically.
+//!   slot (one node) and are decided together, atomically.
 //!
 //! Each key is a hash. Fixed window: `s` (window start, µs since the
 //! epoch) and `c` (count). Sliding window: `s`, `p` (previous window's
 //! count), `c` (current window's count), previous and current together in
 //! one hash. Token bucket: `t` (TAT, ns since the epoch). Every key expires
 //! (PEXPIRE) when its state no longer matters, plus a small jitter.
-
-use std::fmt::Write as _;
-
-use sha2::{Digest, Sha256};
+//!
+//! # Version 1 and the migration
+//!
+//! Version 1 (before batching) was `{prefix}:{<tag>}:<slot>` with the first
+//! 128 bits of SHA-256 as the tag, 3 500 instructions a key against about
+//! 60 for XXH3. Version 2 replicas neither read nor write version-1 keys:
+//! after an upgrade every counter starts from zero in its current window
+//! (for a fixed window, at most one extra window's worth of admissions per
+//! key; a token bucket starts full), and version-1 keys expire by
+//! themselves at the end of their windows. While replicas of both versions
+//! run side by side (a rolling upgrade), each version counts only its own
+//! requests. To keep limits tight across the upgrade, switch every replica
+//! at once (or within one short window), or run the upgrade when traffic is
+//! low.
 
 /// Longest prefix accepted.
 pub const MAX_PREFIX_LEN: usize = 128;
+
+/// The key-scheme version written into every key (see the module docs).
+pub const KEY_SCHEME: &str = "v2";
 
 /// The hex hash tag of one check key: 32 hex digits (128 bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,13 +65,23 @@ pub struct Tag([u8; 32]);
 impl Tag {
     /// The tag of a check's key bytes.
     pub fn of(check_key: &[u8]) -> Tag {
-        let digest = Sha256::digest(check_key);
+        let digest = xxhash_rust::xxh3::xxh3_128(check_key).to_be_bytes();
         let mut hex = [0u8; 32];
-        for (i, byte) in digest.iter().take(16).enumerate() {
+        for (i, byte) in digest.iter().enumerate() {
             hex[2 * i] = HEX[usize::from(byte >> 4)];
             hex[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
         }
         Tag(hex)
+    }
+
+    /// The Redis Cluster slot every key with this tag hashes to.
+    pub fn cluster_slot(&self) -> u16 {
+        fred::util::redis_keyslot(&self.0)
+    }
+
+    /// The 32 hex digits.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
     }
 
     pub fn as_str(&self) -> &str {
@@ -98,20 +128,46 @@ impl KeySpace {
         &self.prefix
     }
 
+    /// Appends the part every key of the check whose tag is `tag` starts
+    /// with, `{prefix}:v2:{<tag>}:`, to `out`.
+    pub fn push_base(&self, tag: &Tag, out: &mut Vec<u8>) {
+        if !self.prefix.is_empty() {
+            out.extend_from_slice(self.prefix.as_bytes());
+            out.push(b':');
+        }
+        out.extend_from_slice(KEY_SCHEME.as_bytes());
+        out.extend_from_slice(b":{");
+        out.extend_from_slice(&tag.0);
+        out.extend_from_slice(b"}:");
+    }
+
+    /// Length of what [`push_base`](Self::push_base) appends.
+    pub fn base_len(&self) -> usize {
+        let prefix = if self.prefix.is_empty() {
+            0
+        } else {
+            self.prefix.len() + 1
+        };
+        prefix + KEY_SCHEME.len() + 2 + 32 + 2
+    }
+
     /// The key of one limit (`slot`) of the check whose tag is `tag`.
     pub fn limit_key(&self, tag: &Tag, slot: u64) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + 1 + 34 + 1 + 16);
-        if !self.prefix.is_empty() {
-            key.push_str(&self.prefix);
-            key.push(':');
-        }
-        key.push('{');
-        key.push_str(tag.as_str());
-        key.push_str("}:");
-        // Writing to a String cannot fail.
-        let _ = write!(key, "{slot:016x}");
-        key
+        let mut key = Vec::with_capacity(self.base_len() + 16);
+        self.push_base(tag, &mut key);
+        key.extend_from_slice(&slot_hex(slot));
+        // Only the prefix (checked UTF-8 text), ASCII and hex digits.
+        String::from_utf8(key).unwrap_or_default()
     }
+}
+
+/// A limit slot as the 16 lowercase hex digits that end its key.
+pub fn slot_hex(slot: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[usize::try_from((slot >> (60 - 4 * i)) & 0xf).unwrap_or(0)];
+    }
+    out
 }
 
 #[cfg(test)]
@@ -122,16 +178,26 @@ mod tests {
     fn keys_have_the_documented_shape() {
         let ks = KeySpace::new("sluice").expect("valid prefix");
         let tag = Tag::of(b"abc");
-        // SHA-256("abc") starts ba7816bf8f01cfea414140de5dae2223.
-        assert_eq!(tag.as_str(), "ba7816bf8f01cfea414140de5dae2223");
+        // XXH3-128("abc"), seed 0: the published test vector.
+        assert_eq!(tag.as_str(), "06b05ab6733a618578af5f94892f3950");
         assert_eq!(
             ks.limit_key(&tag, 0x5a1c),
-            "sluice:{ba7816bf8f01cfea414140de5dae2223}:0000000000005a1c"
+            "sluice:v2:{06b05ab6733a618578af5f94892f3950}:0000000000005a1c"
         );
         let bare = KeySpace::new("").expect("empty prefix");
         assert_eq!(
             bare.limit_key(&tag, u64::MAX),
-            "{ba7816bf8f01cfea414140de5dae2223}:ffffffffffffffff"
+            "v2:{06b05ab6733a618578af5f94892f3950}:ffffffffffffffff"
+        );
+        let mut base = Vec::new();
+        ks.push_base(&tag, &mut base);
+        assert_eq!(base.len(), ks.base_len());
+        assert_eq!(bare.base_len(), "v2:{}:".len() + 32);
+        // The slot is that of the tag alone (CLUSTER KEYSLOT agrees: the
+        // integration tests check it against a real cluster).
+        assert_eq!(
+            tag.cluster_slot(),
+            fred::util::redis_keyslot(ks.limit_key(&tag, 1).as_bytes())
         );
     }
 
@@ -141,7 +207,7 @@ mod tests {
         let mut nasty = b"{a}\n}{\r\n\0".to_vec();
         nasty.extend(std::iter::repeat_n(b'x', 10 * 1024));
         let key = ks.limit_key(&Tag::of(&nasty), 7);
-        assert_eq!(key.len(), "p:{}:".len() + 32 + 16);
+        assert_eq!(key.len(), "p:v2:{}:".len() + 32 + 16);
         assert_eq!(key.matches('{').count(), 1);
         assert_eq!(key.matches('}').count(), 1);
         assert_ne!(Tag::of(b"a"), Tag::of(b"b"));

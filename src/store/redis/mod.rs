@@ -8,15 +8,27 @@
 //! adds hits even when over the limit, [`ChargePolicy::AllOrNothing`]
 //! charges nothing unless every limit admits; `hits == 0` only reads.
 //!
-//! Each [`Check`] is one `EVALSHA` of a Lua script (`lua/`, documented
-//! there) that reads the Redis server's `TIME`, reads every limit's state,
-//! decides, and writes the new states, atomically (Redis runs one script at
-//! a time). The script replies with the time it used and the states it
-//! read; Rust rebuilds the states and runs the very same
+//! Checks go to Redis in batches ([`batch`]): every check bound for one
+//! node, from one request and from concurrent requests, is one call of
+//! `lua/batch.lua`, which reads the Redis server's `TIME` once and decides
+//! the checks one after the other, each reading every limit's state,
+//! deciding, and writing the new states, atomically (Redis runs one script
+//! at a time). The script replies with the time it used and, per check,
+//! the states it read; Rust rebuilds the states and runs the very same
 //! [`algorithm::decide`] at that time, so every verdict number
-//! (`used_before`, `remaining`, `reset_ns`) comes from the Rust algorithms.
-//! The script's own admit/charge decision is compared with Rust's, and any
-//! difference is counted ([`RedisStats::mismatches`]) and logged.
+//! (`used_before`, `remaining`, `reset_ns`) comes from the Rust
+//! algorithms. The script's own admit/charge decision is compared with
+//! Rust's, and any difference is counted ([`RedisStats::mismatches`]) and
+//! logged. One check's failure in the script is that check's error only.
+//!
+//! # Redis versions
+//!
+//! The batch script needs Redis 7.0 or later (it declares the
+//! `allow-cross-slot-keys` flag, so one call may touch the keys of several
+//! slots served by one cluster node). On an older server the script does
+//! not load, and the store falls back to one `EVALSHA` per check
+//! (`lua/fixed_window.lua` and the other single-check scripts, with the
+//! check's keys declared), as before batching; a warning says so at start.
 //!
 //! # Time
 //!
@@ -26,75 +38,77 @@
 //!
 //! # Keys
 //!
-//! See [`keys`]: `{prefix}:{<128-bit hash of the descriptor>}:<slot>`. All
-//! limits of one check share the hash tag, so a multi-limit check is one
-//! script on one cluster node.
+//! See [`keys`]: `{prefix}:v2:{<128-bit hash of the descriptor>}:<slot>`.
+//! All limits of one check share the hash tag, so a multi-limit check is
+//! decided on one cluster node.
 //!
-//! # Round trips
+//! # Redis Cluster
 //!
-//! [`RedisStore::check`] takes one pooled client (one connection per node)
-//! and starts every check's `EVALSHA` at once, joining the futures. fred
-//! pipelines: it writes each queued command without waiting for earlier
-//! replies, so all the checks of a batch are in flight together and the
-//! batch costs one round trip of latency per node it touches. (fred 10
-//! flushes the socket after every `EVAL`/`EVALSHA`, so a batch of N checks
-//! is N small writes rather than one; the server picks them up in as few
-//! reads as have arrived. The test suite checks the pipelining with the
-//! server's `total_reads_processed`: 32 checks written while the server is
-//! stopped are read in one go when it resumes.)
+//! A request's checks are grouped by the master that serves their slot
+//! (from the client's slot map), one batch call per master, in parallel.
+//! The call declares no keys and is sent to that master; a check whose
+//! slot the master no longer serves (resharding, failover) is refused by
+//! the script before it writes anything, and a call the node refuses
+//! (`READONLY` after a failover) runs nothing: the slot map is refreshed
+//! and those checks are sent again, to their new owner, until
+//! [`batch::MIN_CONFIRM_TIMEOUT`] has passed. Nothing else is ever sent
+//! twice: a call lost with its connection, or one that timed out, may have
+//! run, so its checks are answered by the failure mode instead.
 //!
 //! # Failures and bounds
 //!
-//! Every call is bounded by [`RedisOptions::command_timeout`] (fred's
-//! per-command timeout and an outer timeout over the whole batch, including
-//! a `NOSCRIPT` reload): past it the answer is [`StoreError::Timeout`]. A
-//! disconnected client, a refused connection, or an error reply is
-//! [`StoreError::Unavailable`]. A command is written at most once (no
-//! automatic retry after a connection drop, which could charge twice); a
-//! timed-out script may still have run on the server. fred reconnects in
-//! the background with exponential backoff; scripts flushed from the
-//! server's cache (`SCRIPT FLUSH`, restart, failover) are reloaded on the
-//! first `NOSCRIPT` and the call retried once; a call that a cluster node
-//! redirected (`MOVED`/`ASK`, resharding or failover) is sent again to the
-//! new owner once. Both retries happen only when the script did not run.
+//! See [`batch`] for how long a call may take: time spent queueing in
+//! sluice never counts, a written call is waited for while its node shows
+//! it is alive, and a node silent for `--redis-timeout` that then fails a
+//! `PING` is down (its checks fail at once until it answers again; a
+//! background prober looks every 100 ms). A refused or closed connection
+//! is [`StoreError::Unavailable`], a node found silent
+//! [`StoreError::Timeout`]. fred reconnects in the background (at most
+//! 200 ms apart); scripts flushed from the server's cache (`SCRIPT FLUSH`,
+//! restart, failover) are reloaded on the first `NOSCRIPT` and the call
+//! sent again (it did not run).
 //!
 //! # What is measured
 //!
-//! [`RedisStore::redis_stats`]: batches (calls of `check` that went to
-//! Redis), commands (`EVALSHA`s written, retries included), script loads
-//! after `NOSCRIPT`, cluster redirections followed, failed batches by kind,
-//! parity mismatches, and what
-//! fred itself reports: commands queued but not yet written (a gauge) and
-//! commands written again after a connection closed (0 here: commands are
-//! never retried). fred counts neither socket writes nor round trips;
-//! `commands / batches` is the number of checks that shared one round trip
-//! (per node). [`CounterStore::store_stats`] carries `commands`, `batches`
-//! and `failures` (timed-out plus unavailable batches).
+//! [`RedisStore::redis_stats`]: decisions sent (`batches`), checks sent,
+//! script calls (`commands`, retries included), script loads after
+//! `NOSCRIPT`, refusals followed, failed calls by kind, parity
+//! mismatches, and fred's own queue and redelivery counts;
+//! [`CounterStore::store_histograms`]: checks per script call, script
+//! calls per decision (one per node its checks went to, plus resends),
+//! and the time checks waited in sluice before their call went out.
 
+pub mod batch;
 pub mod keys;
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, Error as FredError, ErrorKind, LuaInterface,
-    MetricsInterface, Pool, ReconnectPolicy,
+    Builder, Client, ClientLike, ClusterInterface, Config, Error as FredError, ErrorKind,
+    LuaInterface, MetricsInterface, ReconnectPolicy,
 };
 use fred::types::scripts::Script;
 use fred::types::{ConnectHandle, Value};
 use smallvec::SmallVec;
 
-use super::{Check, CounterStore, Outcomes, StoreError, StoreHealth, StoreStats};
+use super::{
+    Check, CheckResult, CheckResults, CounterStore, HistogramSnapshot, Outcomes, StoreError,
+    StoreHealth, StoreStats,
+};
 use crate::core::algorithm::{self, FixedWindow, LimitState, Outcome, SlidingWindow, TokenBucket};
 use crate::core::limit::{Algorithm, ChargePolicy, LimitSpec};
 use crate::secret::{Secret, redact_url};
+use batch::{BatchError, Dispatcher, Node, Raw, Topology};
 
 pub use keys::KeySpace;
 use keys::Tag;
 
 /// Default key prefix (`--redis-key-prefix`).
 pub const DEFAULT_KEY_PREFIX: &str = "sluice";
-/// Default bound on every Redis call.
+/// Default silence on the wire before a node's liveness is checked.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(10);
 /// Default bound on connecting (and loading the scripts).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,6 +116,15 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_POOL_SIZE: usize = 2;
 /// Default upper bound of the random delay added to every key's expiry.
 pub const DEFAULT_EXPIRY_JITTER: Duration = Duration::from_millis(500);
+/// Default most checks in one batch call (`--redis-batch-max`).
+pub const DEFAULT_BATCH_MAX: usize = 128;
+/// Default wait for more checks before a batch goes out
+/// (`--redis-batch-wait-us`): none.
+pub const DEFAULT_BATCH_WAIT: Duration = Duration::ZERO;
+/// Longest `--redis-batch-wait-us`.
+pub const MAX_BATCH_WAIT: Duration = Duration::from_millis(10);
+/// Largest `--redis-batch-max`.
+pub const MAX_BATCH_MAX: usize = 4096;
 
 const FIXED_WINDOW: &str = concat!(
     include_str!("lua/lib.lua"),
@@ -119,6 +142,12 @@ const MULTI_LIMIT: &str = concat!(
     include_str!("lua/lib.lua"),
     include_str!("lua/multi_limit.lua")
 );
+/// The shebang must be the script's first line.
+const BATCH: &str = concat!(
+    "#!lua flags=allow-cross-slot-keys\n",
+    include_str!("lua/lib.lua"),
+    include_str!("lua/batch.lua")
+);
 
 /// How to reach Redis and how to use it.
 #[derive(Clone)]
@@ -135,15 +164,22 @@ pub struct RedisOptions {
     pub password: Option<Secret>,
     /// Prefix of every key (`--redis-key-prefix`); see [`keys`].
     pub key_prefix: String,
-    /// Bound on every call; default 10 ms; must be above 0.
+    /// Silence on the wire before a node's liveness is checked (see
+    /// [`batch`]); default 10 ms; must be above 0.
     pub command_timeout: Duration,
     /// Bound on connecting and loading scripts; default 5 s; above 0.
     pub connect_timeout: Duration,
-    /// Pooled clients; each is one connection per node. Default 2.
+    /// Pooled clients; each is one connection per node and carries one
+    /// batch call at a time. Default 2.
     pub pool_size: usize,
     /// Most random delay added to each key's expiry (spreads the expiry of
     /// keys whose windows end together). Default 500 ms.
     pub expiry_jitter: Duration,
+    /// Most checks in one batch call (`--redis-batch-max`); default 128.
+    pub batch_max: usize,
+    /// How long a batch waits for more checks before it goes out
+    /// (`--redis-batch-wait-us`); default 0: at once.
+    pub batch_wait: Duration,
 }
 
 impl RedisOptions {
@@ -157,6 +193,8 @@ impl RedisOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             pool_size: DEFAULT_POOL_SIZE,
             expiry_jitter: DEFAULT_EXPIRY_JITTER,
+            batch_max: DEFAULT_BATCH_MAX,
+            batch_wait: DEFAULT_BATCH_WAIT,
         }
     }
 }
@@ -171,6 +209,8 @@ impl std::fmt::Debug for RedisOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("pool_size", &self.pool_size)
             .field("expiry_jitter", &self.expiry_jitter)
+            .field("batch_max", &self.batch_max)
+            .field("batch_wait", &self.batch_wait)
             .finish()
     }
 }
@@ -205,17 +245,21 @@ impl ConnectError {
 /// Counters about the Redis store; see the module docs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RedisStats {
-    /// Calls of `check` that sent commands.
+    /// Decisions whose checks went to Redis.
     pub batches: u64,
-    /// `EVALSHA` commands sent, retries after `NOSCRIPT` included.
+    /// Checks sent to Redis (resends after a refusal included).
+    pub checks: u64,
+    /// Script calls sent: batch calls, or single-check `EVALSHA`s in the
+    /// per-check mode; retries after `NOSCRIPT` included.
     pub commands: u64,
     /// `SCRIPT LOAD`s after a `NOSCRIPT` reply.
     pub script_loads: u64,
-    /// Commands sent again after a cluster redirection (`MOVED`/`ASK`).
+    /// Checks sent again because their node did not serve their slot (or,
+    /// per-check mode, commands sent again after `MOVED`/`ASK`).
     pub redirects: u64,
-    /// Batches answered [`StoreError::Timeout`].
+    /// Calls answered [`StoreError::Timeout`] (their node went silent).
     pub timeouts: u64,
-    /// Batches answered [`StoreError::Unavailable`].
+    /// Calls answered [`StoreError::Unavailable`].
     pub unavailable: u64,
     /// Checks where the script's admit/charge decision differed from the
     /// Rust algorithms' at the same time and state (should stay 0).
@@ -229,6 +273,7 @@ pub struct RedisStats {
 #[derive(Debug, Default)]
 struct Counters {
     batches: AtomicU64,
+    checks: AtomicU64,
     commands: AtomicU64,
     script_loads: AtomicU64,
     redirects: AtomicU64,
@@ -260,20 +305,46 @@ impl Scripts {
     }
 }
 
+/// Script calls per decision: 1 up to 64.
+const CALL_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0, 32.0, 64.0];
+
 /// Counters in Redis; see the module docs.
 pub struct RedisStore {
-    pool: Pool,
+    inner: Arc<Inner>,
     connection: Option<ConnectHandle>,
+    prober: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What the store's calls and its prober share.
+pub struct Inner {
+    dispatcher: Arc<Dispatcher>,
+    topology: ArcSwap<Topology>,
+    /// Bumped by every slot-map refresh.
+    topology_version: AtomicU64,
+    /// One refresh at a time.
+    refreshing: tokio::sync::Mutex<()>,
+    /// One batch call per node (Redis 7+), or one `EVALSHA` per check.
+    batched: AtomicBool,
+    /// Liveness of the per-check mode's calls (any node).
+    single: Node,
     keys: KeySpace,
     url: String,
     command_timeout: Duration,
     jitter_ms: u64,
     scripts: Scripts,
     counters: Counters,
+    calls_per_decision: super::Histogram,
     jitter_seq: AtomicU64,
     jitter_hasher: ahash::RandomState,
-    /// Tests: send every check through the general script.
-    general_only: bool,
+    /// Tests: send every single check through the general script.
+    general_only: AtomicBool,
+}
+
+impl std::ops::Deref for RedisStore {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -281,14 +352,26 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("url", &self.url)
             .field("key_prefix", &self.keys.prefix())
-            .field("pool_size", &self.pool.size())
+            .field("pool_size", &self.dispatcher.pool.size())
             .field("command_timeout", &self.command_timeout)
+            .field("batched", &self.is_batched())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("url", &self.url)
             .finish_non_exhaustive()
     }
 }
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
+        if let Some(p) = self.prober.take() {
+            p.abort();
+        }
         // Stops fred's connection tasks (and their reconnect loops).
         if let Some(handle) = self.connection.take() {
             handle.abort();
@@ -312,6 +395,17 @@ impl RedisStore {
                 "Redis command and connect timeouts must be above 0".to_owned(),
             ));
         }
+        if options.batch_max == 0 || options.batch_max > MAX_BATCH_MAX {
+            return Err(ConnectError::Config(format!(
+                "Redis batch size must be 1 to {MAX_BATCH_MAX} checks"
+            )));
+        }
+        if options.batch_wait > MAX_BATCH_WAIT {
+            return Err(ConnectError::Config(format!(
+                "Redis batch wait must be at most {} µs",
+                MAX_BATCH_WAIT.as_micros()
+            )));
+        }
         let mut config = Config::from_url(&options.url)
             .map_err(|e| ConnectError::Config(format!("Redis URL {url}: {}", e.details())))?;
         if let Some(password) = &options.password {
@@ -324,19 +418,25 @@ impl RedisStore {
         config.fail_fast = true;
         let command_timeout = options.command_timeout;
         let connect_timeout = options.connect_timeout;
+        // fred's own per-command timeout is only a backstop: the batch
+        // calls are bounded on the wire (see `batch`), not from the moment
+        // they were queued.
+        let backstop = (command_timeout * 100).max(Duration::from_secs(1));
         let pool = Builder::from_config(config)
-            .with_performance_config(|p| p.default_command_timeout = command_timeout)
+            .with_performance_config(|p| p.default_command_timeout = backstop)
             .with_connection_config(|c| {
                 c.connection_timeout = connect_timeout;
                 c.internal_command_timeout = connect_timeout;
                 // Never write a script twice on fred's own: a replay after
                 // a dropped connection could charge the same hits again.
-                // (Cluster redirections, where the script did not run, are
-                // retried by `eval`.)
+                // (Refused calls, where the script did not run, are sent
+                // again by the store.)
                 c.max_command_attempts = 1;
                 c.tcp.nodelay = Some(true);
             })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            // Reconnect at most 200 ms apart, so decisions come from Redis
+            // again soon after it answers.
+            .set_policy(ReconnectPolicy::new_exponential(0, 20, 200, 2))
             .build_pool(options.pool_size.max(1))
             .map_err(|e| ConnectError::Config(format!("Redis client: {}", e.details())))?;
 
@@ -358,52 +458,122 @@ impl RedisStore {
             .await
             .map_err(|_| timed_out())?
             .map_err(unavailable)?;
-        let store = RedisStore {
-            pool,
-            connection: Some(connection),
-            keys,
-            url: url.clone(),
-            command_timeout,
-            jitter_ms: u64::try_from(options.expiry_jitter.as_millis()).unwrap_or(u64::MAX),
-            scripts: Scripts::new(),
-            counters: Counters::default(),
-            jitter_seq: AtomicU64::new(0),
-            jitter_hasher: ahash::RandomState::new(),
-            general_only: false,
-        };
-        let client = store.pool.next();
-        for script in store.scripts.all() {
+        let scripts = Scripts::new();
+        let client = pool.next();
+        for script in scripts.all() {
             tokio::time::timeout(connect_timeout, script.load(client))
                 .await
                 .map_err(|_| timed_out())?
                 .map_err(unavailable)?;
         }
+        let batch_script = Script::from_lua(BATCH);
+        let batched = match tokio::time::timeout(connect_timeout, batch_script.load(client))
+            .await
+            .map_err(|_| timed_out())?
+        {
+            Ok(()) => true,
+            Err(e) if batch::answered(&e) => {
+                tracing::warn!(
+                    redis = %url,
+                    error = %e,
+                    "Redis refused the batch script (it needs Redis 7 or later); sending one call per check"
+                );
+                false
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let clustered = client.is_clustered();
+        let dispatcher = Arc::new(Dispatcher::new(
+            pool,
+            batch_script,
+            url.clone(),
+            options.batch_max,
+            options.batch_wait,
+            command_timeout,
+        ));
+        let topology = if clustered {
+            let t = dispatcher
+                .pool
+                .next()
+                .cached_cluster_state()
+                .map(|state| Topology::cluster(state.slots(), &Topology::single()));
+            t.filter(|t| !t.nodes.is_empty())
+                .ok_or_else(|| ConnectError::Unavailable {
+                    url: url.clone(),
+                    reason: "no cluster slot map".to_owned(),
+                })?
+        } else {
+            Topology::single()
+        };
+        let inner = Arc::new(Inner {
+            dispatcher,
+            topology: ArcSwap::from_pointee(topology),
+            topology_version: AtomicU64::new(0),
+            refreshing: tokio::sync::Mutex::new(()),
+            batched: AtomicBool::new(batched),
+            single: Node::detached(),
+            keys,
+            url: url.clone(),
+            command_timeout,
+            jitter_ms: u64::try_from(options.expiry_jitter.as_millis()).unwrap_or(u64::MAX),
+            scripts,
+            counters: Counters::default(),
+            calls_per_decision: super::Histogram::new(CALL_BUCKETS),
+            jitter_seq: AtomicU64::new(0),
+            jitter_hasher: ahash::RandomState::new(),
+            general_only: AtomicBool::new(false),
+        });
+        let prober = tokio::spawn(probe_forever(Arc::downgrade(&inner)));
         tracing::info!(
             redis = %url,
-            pool = store.pool.size(),
-            prefix = store.keys.prefix(),
+            pool = inner.dispatcher.pool.size(),
+            prefix = inner.keys.prefix(),
+            batched,
+            nodes = inner.topology.load().nodes.len(),
             "connected to Redis"
         );
-        Ok(store)
+        Ok(RedisStore {
+            inner,
+            connection: Some(connection),
+            prober: Some(prober),
+        })
     }
 
     /// Closes the connections (best effort, bounded by the connect
     /// timeout's default).
     pub async fn shutdown(&self) {
-        let _ = tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, self.pool.quit()).await;
+        let _ = tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, self.dispatcher.pool.quit()).await;
     }
+}
 
+/// Looks at the nodes that are down every [`batch::PROBE_INTERVAL`] until
+/// the store is dropped.
+async fn probe_forever(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(batch::PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner.probe_round().await;
+    }
+}
+
+impl Inner {
     /// Counters; see the module docs.
     pub fn redis_stats(&self) -> RedisStats {
         let c = &self.counters;
-        let clients = self.pool.clients();
+        let b = &self.dispatcher.stats;
+        let clients = self.dispatcher.pool.clients();
         RedisStats {
             batches: c.batches.load(Relaxed),
-            commands: c.commands.load(Relaxed),
-            script_loads: c.script_loads.load(Relaxed),
+            checks: c.checks.load(Relaxed),
+            commands: c.commands.load(Relaxed) + b.calls.load(Relaxed),
+            script_loads: c.script_loads.load(Relaxed) + b.script_loads.load(Relaxed),
             redirects: c.redirects.load(Relaxed),
-            timeouts: c.timeouts.load(Relaxed),
-            unavailable: c.unavailable.load(Relaxed),
+            timeouts: c.timeouts.load(Relaxed) + b.timeouts.load(Relaxed),
+            unavailable: c.unavailable.load(Relaxed) + b.unavailable.load(Relaxed),
             mismatches: c.mismatches.load(Relaxed),
             queued: clients.iter().map(|c| c.command_queue_len() as u64).sum(),
             redeliveries: clients
@@ -418,6 +588,18 @@ impl RedisStore {
         &self.keys
     }
 
+    /// Whether checks go out as batch calls (Redis 7+) rather than one
+    /// call each.
+    pub fn is_batched(&self) -> bool {
+        self.batched.load(Relaxed)
+    }
+
+    /// Tests: one call per check, as with Redis before 7.
+    #[cfg(test)]
+    fn set_batched(&self, on: bool) {
+        self.batched.store(on, Relaxed);
+    }
+
     /// The keys of a check's limits, in order.
     pub fn keys_of(&self, check: &Check<'_>) -> Vec<String> {
         let tag = Tag::of(check.key);
@@ -428,14 +610,15 @@ impl RedisStore {
             .collect()
     }
 
+    /// Tests: send every single check through the general script.
     #[cfg(test)]
-    fn set_general_only(&mut self, on: bool) {
-        self.general_only = on;
+    fn set_general_only(&self, on: bool) {
+        self.general_only.store(on, Relaxed);
     }
 
     fn script_for(&self, limits: &[LimitSpec]) -> &Script {
         match limits {
-            [one] if !self.general_only => match one.algorithm {
+            [one] if !self.general_only.load(Relaxed) => match one.algorithm {
                 Algorithm::FixedWindow => &self.scripts.fixed,
                 Algorithm::SlidingWindow => &self.scripts.sliding,
                 Algorithm::TokenBucket => &self.scripts.bucket,
@@ -452,8 +635,216 @@ impl RedisStore {
         self.jitter_hasher.hash_one(n) % (self.jitter_ms + 1)
     }
 
-    /// ARGV for `check` (layout in `lua/lib.lua`): per limit, the window
-    /// and the offset go in µs, exact for every window
+    // === batched mode ===
+
+    /// Every check with limits through the batch calls; see the module
+    /// docs for resends.
+    async fn check_batched(&self, checks: &[Check<'_>], results: &mut [Option<CheckResult>]) {
+        let tags: SmallVec<[Tag; 4]> = checks.iter().map(|c| Tag::of(c.key)).collect();
+        let mut todo: SmallVec<[usize; 8]> = (0..checks.len())
+            .filter(|&i| results[i].is_none())
+            .collect();
+        let deadline = Instant::now() + self.dispatcher.confirm_timeout;
+        let mut backoff = Duration::from_millis(1);
+        let mut calls = 0u64;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut refusal = String::new();
+        loop {
+            let version = self.topology_version.load(Relaxed);
+            let topology = self.topology.load();
+            // Group by node, in order; split into segments of at most
+            // `batch_max` checks.
+            let mut groups: SmallVec<[(usize, SmallVec<[usize; 4]>); 3]> = SmallVec::new();
+            for &i in &todo {
+                match topology.node_for(&tags[i]) {
+                    Some(n) => match groups.iter_mut().find(|(node, _)| *node == n) {
+                        Some((_, g)) => g.push(i),
+                        None => groups.push((n, smallvec::smallvec![i])),
+                    },
+                    None => {
+                        results[i] = Some(Err(StoreError::Unavailable(format!(
+                            "no Redis Cluster master at {} serves this check's slot",
+                            self.url
+                        ))));
+                    }
+                }
+            }
+            let mut waits: SmallVec<[(SmallVec<[usize; 4]>, batch::SegmentRx); 3]> =
+                SmallVec::new();
+            for (n, group) in &groups {
+                let Some(node) = topology.nodes.get(*n) else {
+                    continue;
+                };
+                for chunk in group.chunks(self.dispatcher.max_checks) {
+                    buf.clear();
+                    for &i in chunk {
+                        self.encode(&mut buf, &checks[i], &tags[i]);
+                    }
+                    self.counters.checks.fetch_add(chunk.len() as u64, Relaxed);
+                    let rx = self.dispatcher.submit(node, &buf, chunk.len());
+                    waits.push((chunk.iter().copied().collect(), rx));
+                }
+            }
+            calls += waits.len() as u64;
+            todo.clear();
+            let replies = futures_util::future::join_all(waits.iter_mut().map(|(_, rx)| rx)).await;
+            for ((idx, _), reply) in waits.iter().zip(replies) {
+                match reply {
+                    Err(_) => {
+                        for &i in idx {
+                            results[i] = Some(Err(StoreError::Unavailable(
+                                "a Redis batch call was dropped".into(),
+                            )));
+                        }
+                    }
+                    Ok(Err(BatchError::Refused(why))) => {
+                        refusal = why;
+                        todo.extend(idx.iter().copied());
+                    }
+                    Ok(Err(BatchError::Store(e))) => {
+                        for &i in idx {
+                            results[i] = Some(Err(e.clone()));
+                        }
+                    }
+                    Ok(Ok(seg)) => {
+                        for (&i, raw) in idx.iter().zip(seg.results) {
+                            results[i] = Some(match raw {
+                                Raw::Done {
+                                    charged,
+                                    admitted,
+                                    states,
+                                } => self
+                                    .outcome_of(&checks[i], seg.now_ns, charged, admitted, &states),
+                                Raw::Refused(why) => {
+                                    refusal = why;
+                                    todo.push(i);
+                                    continue;
+                                }
+                                Raw::Failed(msg) => Err(StoreError::Unavailable(format!(
+                                    "Redis script failed on a check: {msg}"
+                                ))),
+                            });
+                        }
+                    }
+                }
+            }
+            if todo.is_empty() {
+                break;
+            }
+            self.counters
+                .redirects
+                .fetch_add(todo.len() as u64, Relaxed);
+            if Instant::now() + backoff > deadline {
+                for &i in &todo {
+                    results[i] = Some(Err(StoreError::Unavailable(format!(
+                        "Redis at {} kept refusing a check (its slot is moving?): {refusal}",
+                        self.url
+                    ))));
+                }
+                break;
+            }
+            self.refresh_topology(version).await;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(25));
+        }
+        #[allow(clippy::cast_precision_loss)]
+        self.calls_per_decision.observe(calls as f64);
+    }
+
+    fn encode(&self, out: &mut Vec<u8>, check: &Check<'_>, tag: &Tag) {
+        batch::encode_check(out, &self.keys, tag, check, self.jitter());
+    }
+
+    /// Rebuilds the states a batch call read and decides with the Rust
+    /// algorithms at the script's time.
+    fn outcome_of(
+        &self,
+        check: &Check<'_>,
+        now: u64,
+        charged: bool,
+        admitted: bool,
+        raw: &[[Option<u64>; 3]],
+    ) -> CheckResult {
+        let mut states = states_of(check, raw)?;
+        Ok(self.compare(check, &mut states, now, charged, admitted))
+    }
+
+    /// Decides at `now` on `states` and counts (and logs) a disagreement
+    /// with what the script decided.
+    fn compare(
+        &self,
+        check: &Check<'_>,
+        states: &mut [LimitState],
+        now: u64,
+        charged: bool,
+        admitted: bool,
+    ) -> Outcome {
+        let (outcome, wrote) = decide_at(check, states, now);
+        if wrote != charged || outcome.admitted != admitted {
+            self.counters.mismatches.fetch_add(1, Relaxed);
+            tracing::error!(
+                redis = %self.url,
+                script_charged = charged,
+                script_admitted = admitted,
+                rust_charged = wrote,
+                rust_admitted = outcome.admitted,
+                limits = ?check.limits,
+                hits = check.hits,
+                "Redis script and Rust algorithms disagree"
+            );
+        }
+        outcome
+    }
+
+    /// Re-reads the cluster's slot map unless it changed since `seen`.
+    async fn refresh_topology(&self, seen: u64) {
+        let _one = self.refreshing.lock().await;
+        if self.topology_version.load(Relaxed) != seen {
+            return;
+        }
+        self.dispatcher.sync_cluster().await;
+        let old = self.topology.load_full();
+        if !old.is_cluster() {
+            self.topology_version.fetch_add(1, Relaxed);
+            return;
+        }
+        if let Some(state) = self.dispatcher.pool.next().cached_cluster_state() {
+            let fresh = Topology::cluster(state.slots(), &old);
+            if !fresh.nodes.is_empty() {
+                self.topology.store(Arc::new(fresh));
+            }
+        }
+        self.topology_version.fetch_add(1, Relaxed);
+    }
+
+    /// One prober round: refresh a cluster's slot map while a node is
+    /// down, and `PING` the nodes that are down.
+    async fn probe_round(&self) {
+        let topology = self.topology.load_full();
+        if topology.is_cluster() && topology.nodes.iter().any(|n| n.is_down()) {
+            self.refresh_topology(self.topology_version.load(Relaxed))
+                .await;
+        }
+        let topology = self.topology.load_full();
+        for node in topology.nodes.iter().filter(|n| n.is_down()) {
+            if self.dispatcher.ping(node).await {
+                self.dispatcher.mark_up(node);
+            }
+        }
+        if self.single.is_down() && self.dispatcher.ping(&self.single).await {
+            self.dispatcher.mark_up(&self.single);
+        }
+    }
+
+    /// Whether any node is down.
+    fn any_down(&self) -> bool {
+        self.single.is_down() || self.topology.load().nodes.iter().any(|n| n.is_down())
+    }
+
+    // === per-check mode (Redis before 7) ===
+
+    /// ARGV for a single-check script (layout in `lua/lib.lua`): per
+    /// limit, the window and the offset go in µs, exact for every window
     /// [`LimitSpec::with_window`] makes (whole ms).
     fn args(&self, check: &Check<'_>) -> Vec<Value> {
         let mut args = Vec::with_capacity(3 + 6 * check.limits.len());
@@ -521,36 +912,24 @@ impl RedisStore {
         }
     }
 
-    async fn check_one(&self, client: &Client, check: &Check<'_>) -> Result<Outcome, StoreError> {
-        if check.limits.is_empty() {
-            return Ok(decide_at(check, &mut [], 0).0);
-        }
+    async fn check_one(&self, client: &Client, check: &Check<'_>) -> CheckResult {
         let reply = self
             .eval(client, self.script_for(check.limits), check)
             .await
             .map_err(|e| self.store_error(&e))?;
+        if let Ok(v) = reply.first().map(parse_u64).transpose()
+            && v.is_some()
+        {
+            self.single.hear(self.dispatcher.now_ns());
+        }
         self.outcome(check, &reply)
     }
 
-    /// Rebuilds the states the script read and decides with the Rust
-    /// algorithms at the script's time.
-    fn outcome(&self, check: &Check<'_>, reply: &[Value]) -> Result<Outcome, StoreError> {
+    /// Rebuilds the states a single-check script read and decides with the
+    /// Rust algorithms at the script's time.
+    fn outcome(&self, check: &Check<'_>, reply: &[Value]) -> CheckResult {
         let mut r = parse_reply(check, reply)?;
-        let (outcome, wrote) = decide_at(check, &mut r.states, r.now);
-        if wrote != r.charged || outcome.admitted != r.admitted {
-            self.counters.mismatches.fetch_add(1, Relaxed);
-            tracing::error!(
-                redis = %self.url,
-                script_charged = r.charged,
-                script_admitted = r.admitted,
-                rust_charged = wrote,
-                rust_admitted = outcome.admitted,
-                limits = ?check.limits,
-                hits = check.hits,
-                "Redis script and Rust algorithms disagree"
-            );
-        }
-        Ok(outcome)
+        Ok(self.compare(check, &mut r.states, r.now, r.charged, r.admitted))
     }
 
     fn store_error(&self, e: &FredError) -> StoreError {
@@ -562,7 +941,7 @@ impl RedisStore {
 
     /// A connected client, or `Unavailable` when none is.
     fn client(&self) -> Result<&Client, StoreError> {
-        let client = self.pool.next_connected();
+        let client = self.dispatcher.pool.next_connected();
         if client.is_connected() {
             Ok(client)
         } else {
@@ -573,28 +952,78 @@ impl RedisStore {
         }
     }
 
-    fn count_error(&self, e: &StoreError) {
-        match e {
-            StoreError::Timeout(_) => self.counters.timeouts.fetch_add(1, Relaxed),
-            StoreError::Unavailable(_) => self.counters.unavailable.fetch_add(1, Relaxed),
+    /// Every check with limits as its own `EVALSHA`, pipelined, waited for
+    /// on the wire like a batch call.
+    async fn check_per_check(&self, checks: &[Check<'_>], results: &mut [Option<CheckResult>]) {
+        if self.single.is_down() {
+            let e = StoreError::Unavailable(format!("Redis at {} is down", self.url));
+            for r in results.iter_mut().filter(|r| r.is_none()) {
+                *r = Some(Err(e.clone()));
+            }
+            return;
+        }
+        let client = match self.client() {
+            Ok(c) => c,
+            Err(e) => {
+                for r in results.iter_mut().filter(|r| r.is_none()) {
+                    *r = Some(Err(e.clone()));
+                }
+                return;
+            }
         };
+        let todo: SmallVec<[usize; 8]> = (0..checks.len())
+            .filter(|&i| results[i].is_none())
+            .collect();
+        self.counters.checks.fetch_add(todo.len() as u64, Relaxed);
+        #[allow(clippy::cast_precision_loss)]
+        self.calls_per_decision.observe(todo.len() as f64);
+        let all = futures_util::future::join_all(
+            todo.iter().map(|&i| self.check_one(client, &checks[i])),
+        );
+        match self.dispatcher.on_the_wire(&self.single, all).await {
+            Ok(done) => {
+                for (&i, r) in todo.iter().zip(done) {
+                    results[i] = Some(r);
+                }
+            }
+            Err(_) => {
+                self.dispatcher
+                    .mark_down(&self.single, "no answer, not even to PING");
+                for &i in &todo {
+                    results[i] = Some(Err(StoreError::Timeout(self.command_timeout)));
+                }
+            }
+        }
     }
 
-    async fn check_batch(&self, checks: &[Check<'_>]) -> Result<Outcomes, StoreError> {
-        if checks.iter().all(|c| c.limits.is_empty()) {
-            return Ok(checks.iter().map(|c| decide_at(c, &mut [], 0).0).collect());
+    /// Decides every check (see [`CounterStore::check_each`]).
+    pub async fn check_each(&self, checks: &[Check<'_>]) -> CheckResults {
+        let mut results: SmallVec<[Option<CheckResult>; 4]> = checks
+            .iter()
+            .map(|c| c.limits.is_empty().then(|| Ok(decide_at(c, &mut [], 0).0)))
+            .collect();
+        if results.iter().any(Option::is_none) {
+            self.counters.batches.fetch_add(1, Relaxed);
+            if self.is_batched() {
+                self.check_batched(checks, &mut results).await;
+            } else {
+                self.check_per_check(checks, &mut results).await;
+            }
         }
-        let client = self.client()?;
-        self.counters.batches.fetch_add(1, Relaxed);
-        let all = futures_util::future::join_all(checks.iter().map(|c| self.check_one(client, c)));
-        let results = tokio::time::timeout(self.command_timeout, all)
-            .await
-            .map_err(|_| StoreError::Timeout(self.command_timeout))?;
-        results.into_iter().collect()
+        let mut out = CheckResults::with_capacity(results.len());
+        for r in results {
+            let r = r.unwrap_or_else(|| {
+                Err(StoreError::Unavailable(
+                    "Redis store left a check unanswered".into(),
+                ))
+            });
+            out.push(r);
+        }
+        out
     }
 }
 
-/// What a script replied, with the states it read rebuilt.
+/// What a single-check script replied, with the states it read rebuilt.
 #[derive(Debug)]
 struct Reply {
     /// The Redis server's time, ns since the epoch.
@@ -605,29 +1034,57 @@ struct Reply {
     states: SmallVec<[LimitState; 2]>,
 }
 
+fn bad_reply(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("unexpected reply from Redis script: {what}"))
+}
+
 fn parse_reply(check: &Check<'_>, reply: &[Value]) -> Result<Reply, StoreError> {
-    let bad =
-        |what: &str| StoreError::Unavailable(format!("unexpected reply from Redis script: {what}"));
     if reply.len() != 4 + 3 * check.limits.len() {
-        return Err(bad(&format!("{} values", reply.len())));
+        return Err(bad_reply(&format!("{} values", reply.len())));
     }
     let num = |i: usize| -> Result<Option<u64>, StoreError> {
-        parse_u64(&reply[i]).map_err(|()| bad(&format!("value {i} is not a number")))
+        parse_u64(&reply[i]).map_err(|()| bad_reply(&format!("value {i} is not a number")))
     };
     let (Some(secs), Some(micros)) = (num(0)?, num(1)?) else {
-        return Err(bad("no time"));
+        return Err(bad_reply("no time"));
     };
     let now = secs
         .checked_mul(1_000_000_000)
         .and_then(|ns| ns.checked_add(micros.checked_mul(1_000)?))
-        .ok_or_else(|| bad("time out of range"))?;
+        .ok_or_else(|| bad_reply("time out of range"))?;
     let charged = num(2)? == Some(1);
     let admitted = num(3)? == Some(1);
-    let mut states = SmallVec::with_capacity(check.limits.len());
-    for (i, limit) in check.limits.iter().enumerate() {
+    let mut raw: SmallVec<[[Option<u64>; 3]; 2]> = SmallVec::with_capacity(check.limits.len());
+    for i in 0..check.limits.len() {
         let at = 4 + 3 * i;
-        let (a, b, c) = (num(at)?, num(at + 1)?, num(at + 2)?);
-        let start = |us: u64| us.checked_mul(1_000).ok_or_else(|| bad("window start"));
+        raw.push([num(at)?, num(at + 1)?, num(at + 2)?]);
+    }
+    Ok(Reply {
+        now,
+        charged,
+        admitted,
+        states: states_of(check, &raw)?,
+    })
+}
+
+/// Each limit's state from the three values a script read for it.
+fn states_of(
+    check: &Check<'_>,
+    raw: &[[Option<u64>; 3]],
+) -> Result<SmallVec<[LimitState; 2]>, StoreError> {
+    if raw.len() != check.limits.len() {
+        return Err(bad_reply(&format!(
+            "{} limit states for {} limits",
+            raw.len(),
+            check.limits.len()
+        )));
+    }
+    let start = |us: u64| {
+        us.checked_mul(1_000)
+            .ok_or_else(|| bad_reply("window start"))
+    };
+    let mut states = SmallVec::with_capacity(check.limits.len());
+    for (limit, &[a, b, c]) in check.limits.iter().zip(raw) {
         states.push(match limit.algorithm {
             Algorithm::FixedWindow => LimitState::Fixed(match a {
                 Some(us) => FixedWindow {
@@ -649,12 +1106,7 @@ fn parse_reply(check: &Check<'_>, reply: &[Value]) -> Result<Reply, StoreError> 
             }),
         });
     }
-    Ok(Reply {
-        now,
-        charged,
-        admitted,
-        states,
-    })
+    Ok(states)
 }
 
 /// [`algorithm::decide`] for one check at `now`.
@@ -692,31 +1144,81 @@ fn parse_u64(v: &Value) -> Result<Option<u64>, ()> {
 
 impl CounterStore for RedisStore {
     async fn check(&self, checks: &[Check<'_>]) -> Result<Outcomes, StoreError> {
-        let result = self.check_batch(checks).await;
-        if let Err(e) = &result {
-            self.count_error(e);
-        }
-        result
+        self.check_each(checks).await.into_iter().collect()
     }
 
-    /// Commands, batches and failed batches; counters live (and expire) in
-    /// Redis, so the memory store's gauges stay 0. More in
-    /// [`RedisStore::redis_stats`].
+    async fn check_each(&self, checks: &[Check<'_>]) -> CheckResults {
+        self.inner.check_each(checks).await
+    }
+
+    /// `PING` to every node; `Ok` when any answers (nodes that are down
+    /// are looked at by the prober too).
+    async fn probe(&self) -> Result<(), StoreError> {
+        let topology = self.topology.load_full();
+        let mut any = false;
+        for node in &topology.nodes {
+            if self.dispatcher.ping(node).await {
+                self.dispatcher.mark_up(node);
+                any = true;
+            }
+        }
+        if any {
+            if self.single.is_down() {
+                self.dispatcher.mark_up(&self.single);
+            }
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "Redis at {} does not answer PING",
+                self.url
+            )))
+        }
+    }
+
+    /// Commands, decisions and checks sent, and failed calls; counters
+    /// live (and expire) in Redis, so the memory store's gauges stay 0.
+    /// More in [`Inner::redis_stats`].
     fn store_stats(&self) -> StoreStats {
-        let c = &self.counters;
+        let s = self.redis_stats();
         StoreStats {
-            commands: c.commands.load(Relaxed),
-            batches: c.batches.load(Relaxed),
-            failures: c.timeouts.load(Relaxed) + c.unavailable.load(Relaxed),
+            commands: s.commands,
+            batches: s.batches,
+            checks: s.checks,
+            failures: s.timeouts + s.unavailable,
             ..StoreStats::default()
         }
     }
 
-    /// Ready while any pooled client is connected.
+    fn store_histograms(&self) -> Vec<HistogramSnapshot> {
+        let b = &self.dispatcher.stats;
+        vec![
+            b.checks_per_call.snapshot(
+                "sluice_redis_checks_per_call",
+                "Checks carried by one Redis batch script call",
+            ),
+            self.calls_per_decision.snapshot(
+                "sluice_redis_calls_per_round_trip",
+                "Redis script calls one decision waited for together (one per node its checks went to, plus resends)",
+            ),
+            b.batch_wait.snapshot(
+                "sluice_redis_batch_wait_seconds",
+                "Time a check waited in sluice before its Redis call went out",
+            ),
+        ]
+    }
+
+    /// Always ready (the failure mode answers for a node that is down);
+    /// degraded while any node is down or no connection is up.
     fn health(&self) -> StoreHealth {
+        let connected = self
+            .dispatcher
+            .pool
+            .clients()
+            .iter()
+            .any(|c| c.is_connected());
         StoreHealth {
-            ready: self.pool.clients().iter().any(|c| c.is_connected()),
-            degraded: false,
+            ready: true,
+            degraded: !connected || self.any_down(),
         }
     }
 }

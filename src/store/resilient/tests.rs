@@ -1,4 +1,3 @@
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::*;
@@ -16,6 +15,7 @@ struct Switchable {
     /// Calls never finish while set (to cancel one mid-flight).
     stall: AtomicBool,
     calls: AtomicUsize,
+    probes: AtomicUsize,
 }
 
 impl Switchable {
@@ -25,6 +25,7 @@ impl Switchable {
             up: AtomicBool::new(true),
             stall: AtomicBool::new(false),
             calls: AtomicUsize::new(0),
+            probes: AtomicUsize::new(0),
         }
     }
 }
@@ -37,6 +38,35 @@ impl CounterStore for Switchable {
         }
         if self.up.load(Ordering::SeqCst) {
             self.inner.check(checks).await
+        } else {
+            Err(StoreError::Unavailable("down".into()))
+        }
+    }
+
+    /// As `check`, except that a check of the key `bad` always fails on
+    /// its own (a cluster node that is down).
+    async fn check_each(&self, checks: &[Check<'_>]) -> CheckResults {
+        let mut out = CheckResults::new();
+        for c in checks {
+            if c.key == b"bad" {
+                out.push(Err(StoreError::Unavailable("node down".into())));
+            } else {
+                match self.check(std::slice::from_ref(c)).await {
+                    Ok(mut o) => out.push(Ok(o.remove(0))),
+                    Err(e) => out.push(Err(e)),
+                }
+            }
+        }
+        out
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        if self.stall.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if self.up.load(Ordering::SeqCst) {
+            Ok(())
         } else {
             Err(StoreError::Unavailable("down".into()))
         }
@@ -55,8 +85,8 @@ fn store(mode: FailureMode, divisor: u32, cache: u64) -> Resilient<Switchable> {
             mode,
             local_divisor: divisor,
             failure_threshold: 2,
-            open_for: Duration::from_millis(100),
-            max_open_for: Duration::from_millis(400),
+            probe_interval: Duration::from_millis(20),
+            probe_timeout: Duration::from_millis(100),
             over_limit_cache_size: cache,
         },
     )
@@ -92,6 +122,7 @@ async fn allow_and_deny_modes_answer_while_down() {
             assert_eq!(admit(&s, b"k", &l).await, expect, "{mode:?}");
         }
         assert_eq!(s.failure_counters().0, 5);
+        assert!(s.health().ready(), "{mode:?}: the failure mode answers");
     }
 }
 
@@ -112,33 +143,119 @@ async fn local_mode_divides_limits() {
     assert!(s.health().degraded());
 }
 
+/// Polls `f` every 10 ms for at most 2 s.
+async fn soon(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
 #[tokio::test]
-async fn breaker_opens_then_probes_back() {
-    let s = store(FailureMode::Allow, 1, 0);
+async fn the_breaker_opens_and_a_background_probe_closes_it_without_traffic() {
+    let s = Arc::new(store(FailureMode::Allow, 1, 0));
+    let watch = tokio::spawn(s.clone().watch());
     let l = limit(1000);
     s.primary().up.store(false, Ordering::SeqCst);
     for _ in 0..10 {
         admit(&s, b"k", &l).await;
     }
-    // Two failures opened it; the other calls never reached the primary.
+    // Two calls that decided nothing opened it; the others never reached
+    // the primary.
     assert_eq!(s.primary().calls.load(Ordering::SeqCst), 2);
-    assert_eq!(s.health().breaker, BreakerState::Open);
-    assert!(!s.health().ready());
+    assert_ne!(s.health().breaker, BreakerState::Closed);
+    assert!(s.health().ready(), "the failure mode answers: still ready");
+    assert!(s.health().degraded());
+    // Probed while down, on its own schedule, and it stays open.
+    assert!(soon(|| s.primary().probes.load(Ordering::SeqCst) >= 3).await);
+    assert_ne!(s.health().breaker, BreakerState::Closed);
+    assert_eq!(
+        s.primary().calls.load(Ordering::SeqCst),
+        2,
+        "no traffic probes"
+    );
 
-    // Still down at the probe: open again, for longer.
-    tokio::time::sleep(Duration::from_millis(120)).await;
-    admit(&s, b"k", &l).await;
-    assert_eq!(s.primary().calls.load(Ordering::SeqCst), 3);
-    assert_eq!(s.health().breaker, BreakerState::Open);
-
-    // Back up: the next probe closes it.
+    // Back up: the background probe closes it with no request arriving.
     s.primary().up.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(soon(|| s.health().breaker == BreakerState::Closed).await);
+    assert!(!s.health().degraded());
     assert!(admit(&s, b"k", &l).await);
+    assert_eq!(s.primary().calls.load(Ordering::SeqCst), 3);
+    watch.abort();
+}
+
+#[tokio::test]
+async fn a_probe_that_hangs_is_cut_short_and_tried_again() {
+    let s = Arc::new(store(FailureMode::Allow, 1, 0));
+    let watch = tokio::spawn(s.clone().watch());
+    let l = limit(1000);
+    s.primary().up.store(false, Ordering::SeqCst);
+    for _ in 0..3 {
+        admit(&s, b"k", &l).await;
+    }
+    s.primary().stall.store(true, Ordering::SeqCst);
+    s.primary().up.store(true, Ordering::SeqCst);
+    assert!(soon(|| s.health().breaker == BreakerState::HalfOpen).await);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_ne!(s.health().breaker, BreakerState::Closed);
+    s.primary().stall.store(false, Ordering::SeqCst);
+    assert!(soon(|| s.health().breaker == BreakerState::Closed).await);
+    watch.abort();
+}
+
+#[tokio::test]
+async fn failure_mode_answers_are_marked_and_carry_no_counter_state() {
+    let l = limit(10);
+    let c = Check {
+        key: b"k",
+        limits: &l,
+        hits: 1,
+        policy: ChargePolicy::for_limits(&l),
+    };
+    for (mode, admitted, mark) in [
+        (FailureMode::Allow, true, Fallback::Allow),
+        (FailureMode::Deny, false, Fallback::Deny),
+    ] {
+        let s = store(mode, 1, 0);
+        s.primary().up.store(false, Ordering::SeqCst);
+        let o = s.check(&[c]).await.unwrap().remove(0);
+        assert_eq!(o.admitted, admitted);
+        assert_eq!(o.degraded, Some(mark));
+        assert_eq!((o.verdicts[0].remaining, o.verdicts[0].reset_ns), (0, 0));
+    }
+    let s = store(FailureMode::Local, 2, 0);
+    s.primary().up.store(false, Ordering::SeqCst);
+    let o = s.check(&[c]).await.unwrap().remove(0);
+    assert_eq!(o.degraded, Some(Fallback::Local));
+    assert_eq!(o.verdicts[0].remaining, 4, "10 / 2 replicas, one used");
+    // Decided by the primary: not marked.
+    let s = store(FailureMode::Allow, 1, 0);
+    assert_eq!(s.check(&[c]).await.unwrap()[0].degraded, None);
+}
+
+#[tokio::test]
+async fn one_failed_check_does_not_fail_its_neighbours_or_open_the_breaker() {
+    let s = store(FailureMode::Deny, 1, 0);
+    let l = limit(10);
+    let mk = |key: &'static [u8]| Check {
+        key,
+        limits: &l,
+        hits: 1,
+        policy: ChargePolicy::for_limits(&l),
+    };
+    for _ in 0..5 {
+        let o = s.check(&[mk(b"a"), mk(b"bad"), mk(b"b")]).await.unwrap();
+        assert_eq!(o[0].degraded, None);
+        assert!(o[0].admitted);
+        assert_eq!(o[1].degraded, Some(Fallback::Deny));
+        assert!(!o[1].admitted);
+        assert_eq!(o[2].degraded, None);
+    }
     assert_eq!(s.health().breaker, BreakerState::Closed);
-    let before = s.primary().calls.load(Ordering::SeqCst);
-    admit(&s, b"k", &l).await;
-    assert_eq!(s.primary().calls.load(Ordering::SeqCst), before + 1);
+    assert_eq!(s.failure_counters().0, 5, "one degraded check per call");
 }
 
 #[tokio::test]
@@ -189,14 +306,14 @@ fn custom_windows_survive_division_and_key_the_cache() {
         (d.window_ns, d.offset_ns, d.slot),
         (l.window_ns, l.offset_ns, l.slot)
     );
-    // A denial while down lasts the window, not the reported unit.
+    // A denial while down rejects (it reports no reset: nothing was counted).
     let c = Check {
         key: b"k",
         limits: std::slice::from_ref(&l),
         hits: 1,
         policy: ChargePolicy::AllOrNothing,
     };
-    assert_eq!(fixed_answer(&c, false).verdicts[0].reset_ns, 90 * SEC);
+    assert!(!fixed_answer(&c, false).admitted);
     // Specs differing only by window or offset (even with one slot) do
     // not share cached denials.
     let base = cache_key(&c);
@@ -213,37 +330,4 @@ fn custom_windows_survive_division_and_key_the_cache() {
         };
         assert_ne!(cache_key(&c), base, "{other:?}");
     }
-}
-
-#[tokio::test]
-async fn a_cancelled_probe_does_not_wedge_the_breaker() {
-    let s = store(FailureMode::Allow, 1, 0);
-    let l = limit(1000);
-    s.primary().up.store(false, Ordering::SeqCst);
-    for _ in 0..3 {
-        admit(&s, b"k", &l).await;
-    }
-    assert_eq!(s.health().breaker, BreakerState::Open);
-    tokio::time::sleep(Duration::from_millis(120)).await;
-    s.primary().up.store(true, Ordering::SeqCst);
-    // Start the probe and drop it while the primary has not answered.
-    s.primary().stall.store(true, Ordering::SeqCst);
-    {
-        let c = Check {
-            key: b"k",
-            limits: &l,
-            hits: 1,
-            policy: ChargePolicy::for_limits(&l),
-        };
-        let checks = [c];
-        let fut = s.check(&checks);
-        let mut fut = std::pin::pin!(fut);
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        assert!(fut.as_mut().poll(&mut cx).is_pending());
-    }
-    s.primary().stall.store(false, Ordering::SeqCst);
-    // The next call can still probe, and closes the breaker.
-    assert!(admit(&s, b"k", &l).await);
-    assert_eq!(s.health().breaker, BreakerState::Closed);
 }

@@ -120,9 +120,16 @@ impl Sluice {
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(&admin)
             .args(if opts.args.contains(&"--log-format") {
-                &[][..]
+                Vec::new()
             } else {
-                &["--log-format", "text", "--log-level", "info"][..]
+                // TEST_LOG_LEVEL=sluice=debug (with TEST_LOG=1) to see more.
+                let level = std::env::var("TEST_LOG_LEVEL").unwrap_or_else(|_| "info".to_owned());
+                vec![
+                    "--log-format".to_owned(),
+                    "text".to_owned(),
+                    "--log-level".to_owned(),
+                    level,
+                ]
             })
             .args(opts.args)
             .stdout(Stdio::piped())

@@ -1,7 +1,9 @@
 -- sluice: shared library, prepended (by include_str!/concat!) to every
--- entry script in this directory: fixed_window.lua, sliding_window.lua,
--- token_bucket.lua and multi_limit.lua. It defines no KEYS or ARGV of its
--- own and returns nothing; it reads the entry script's ARGV layout:
+-- entry script in this directory: batch.lua, fixed_window.lua,
+-- sliding_window.lua, token_bucket.lua and multi_limit.lua. It defines no
+-- KEYS or ARGV of its own and returns nothing. The single-check scripts
+-- (every script but batch.lua, which has its own layout) use `decide`,
+-- which reads this ARGV layout:
 --
 --   ARGV[1]            policy: "always" (charge even when over the limit)
 --                      or "all" (charge only when every limit admits)
@@ -312,17 +314,11 @@ local EVALUATORS = {
   bucket = eval_bucket,
 }
 
--- Decides limits 1..n with `evaluate(i)` giving each one's verdict, charges
--- them as ARGV's policy says, and builds the reply. `at` is for the test
--- suite only (a script of its own that decides at chosen instants); every
--- entry script here passes nothing and the Redis server's TIME is used.
-local function decide(n, evaluate, at)
-  local t = at or now()
-  local always = ARGV[1] == 'always'
-  local hits = big(ARGV[2])
-  local jitter = tonumber(ARGV[3])
+-- Evaluates limits 1..n with `evaluate(i, t, hits, jitter)` (reads only,
+-- nothing written yet). Returns whether every limit admitted, the states
+-- read (3 strings per limit, appended to `reply`) and the write functions.
+local function evaluate_all(n, evaluate, t, hits, jitter, reply)
   local all_admitted = true
-  local reply = { t.s, t.us_part, '0', '0' }
   local writes = {}
   for i = 1, n do
     local admitted, state, write = evaluate(i, t, hits, jitter)
@@ -332,9 +328,29 @@ local function decide(n, evaluate, at)
     reply[#reply + 1] = state[2]
     reply[#reply + 1] = state[3]
   end
-  local charge = not is_zero(hits) and (always or all_admitted)
-  if charge then
-    for i = 1, n do writes[i]() end
+  return all_admitted, writes
+end
+
+-- Charges as the policy says (`always`, or only when every limit admitted;
+-- never with 0 hits), running every write; returns whether it charged.
+local function charge(always, hits, all_admitted, writes)
+  if is_zero(hits) or not (always or all_admitted) then
+    return false
+  end
+  for i = 1, #writes do writes[i]() end
+  return true
+end
+
+-- Decides limits 1..n with `evaluate(i)` giving each one's verdict, charges
+-- them as ARGV's policy says, and builds the reply. `at` is for the test
+-- suite only (a script of its own that decides at chosen instants); every
+-- entry script here passes nothing and the Redis server's TIME is used.
+local function decide(n, evaluate, at)
+  local t = at or now()
+  local reply = { t.s, t.us_part, '0', '0' }
+  local all_admitted, writes =
+    evaluate_all(n, evaluate, t, big(ARGV[2]), tonumber(ARGV[3]), reply)
+  if charge(ARGV[1] == 'always', big(ARGV[2]), all_admitted, writes) then
     reply[3] = '1'
   end
   if all_admitted then reply[4] = '1' end

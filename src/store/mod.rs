@@ -151,6 +151,9 @@ pub struct StoreStats {
     /// Shared store: checks sent (commands / checks is how many checks
     /// shared a script call).
     pub checks: u64,
+    /// Shared store: checks sent again because the node they went to did
+    /// not serve their slot any more (resharding, failover).
+    pub resent: u64,
     /// Checks answered by the failure mode while the shared store was
     /// unreachable.
     pub degraded_checks: u64,

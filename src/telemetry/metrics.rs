@@ -378,6 +378,11 @@ impl Collector for ServiceCollector {
             ),
             ("sluice_redis_checks", "Checks sent to Redis", store.checks),
             (
+                "sluice_redis_resent_checks",
+                "Checks sent again to another Redis node because theirs no longer served their slot",
+                store.resent,
+            ),
+            (
                 "sluice_store_degraded_checks",
                 "Checks answered by the failure mode while the shared store was unreachable",
                 store.degraded_checks,

@@ -1184,6 +1184,7 @@ impl CounterStore for RedisStore {
             commands: s.commands,
             batches: s.batches,
             checks: s.checks,
+            resent: s.redirects,
             failures: s.timeouts + s.unavailable,
             ..StoreStats::default()
         }

@@ -5,17 +5,23 @@
 # and optionally a peer server you built yourself (its own Redis setup is
 # yours to give in PEER_CMD).
 #
-# Reports, per case: throughput and latency (h2load via
+# Reports, per case and load point: throughput and latency (h2load via
 # ../shared/bench/rls_bench.py), sluice and Redis CPU, and Redis commands
-# and round trips per decision (sluice's own counters, plus INFO
-# commandstats on every Redis node).
+# and round trips per decision (INFO commandstats and total_reads_processed
+# on every Redis node, against the requests sent), and for sluice the
+# checks answered by the failure mode (sluice_store_degraded_checks_total):
+# a run where that is not 0 measured the failure mode, not Redis.
+#
+# sluice runs with default flags (SLUICE_REDIS_FLAGS adds some, e.g.
+# "--redis-batch-wait-us 50").
 #
 #   scripts/bench-redis.sh
 #   PEER_NAME=limitador PEER_ADDR=127.0.0.1:18181 \
 #   PEER_CMD="/path/to/limitador-server -b 127.0.0.1 -p 18181 -B 127.0.0.1 -P 18180 limits.yaml redis redis://127.0.0.1:18379" \
 #   scripts/bench-redis.sh
 #
-# Knobs: POINTS (default 1x1,16x16,64x8), REQUESTS (default 100000), REPEAT (3).
+# Knobs: POINTS (default 1x1,16x16,64x8), REQUESTS (default 100000), REPEAT (3),
+# WARMUP (20000, before each point), CASES (default "ok1 ok5 over").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +29,9 @@ BENCH_DIR=${BENCH_DIR:-../shared/bench}
 POINTS=${POINTS:-1x1,16x16,64x8}
 REQUESTS=${REQUESTS:-100000}
 REPEAT=${REPEAT:-3}
+WARMUP=${WARMUP:-20000}
+CASES=${CASES:-ok1 ok5 over}
+SLUICE_REDIS_FLAGS=${SLUICE_REDIS_FLAGS:-}
 STANDALONE_PORT=18379
 CLUSTER_PORTS=(18401 18402 18403 18404 18405 18406)
 
@@ -126,6 +135,12 @@ if [ -n "${PEER_CMD:-}" ]; then
     servers+=("${PEER_NAME:-peer}|$PEER_ADDR|$!||$STANDALONE_PORT")
 fi
 
+metric() { # http-port name: a counter's value on sluice's /metrics (0 if absent)
+    local v
+    v=$(curl -s "http://127.0.0.1:$1/metrics" | sed -n "s/^$2 \([0-9.e+]*\)$/\1/p" | head -1)
+    echo "${v:-0}"
+}
+
 run() { # name addr pid http-port redis-ports label args...
     local name=$1 addr=$2 pid=$3 http=$4 ports=$5 label=$6; shift 6
     local extra=(--pid "server=$pid")
@@ -136,20 +151,31 @@ run() { # name addr pid http-port redis-ports label args...
         *) extra+=(--pid "redis=$standalone_pid") ;;
     esac
     [ -n "$http" ] && extra+=(--metrics-url "http://127.0.0.1:$http/metrics" \
-        --metrics-match "sluice_rpc_decisions_total,sluice_redis_commands_total,sluice_redis_batches_total,sluice_store_degraded_checks_total,sluice_store_cached_denials_total")
-    local before=0 reads_before=0
-    [ -n "$ports" ] && before=$(evalsha_calls $ports) && reads_before=$(redis_reads $ports)
-    echo
-    echo "### $name, $label"
-    python3 "$BENCH_DIR/rls_bench.py" --addr "$addr" --points "$POINTS" -n "$REQUESTS" \
-        --repeat "$REPEAT" --label "$name $label" "${extra[@]}" "$@"
-    if [ -n "$ports" ]; then
-        local after reads; after=$(evalsha_calls $ports); reads=$(redis_reads $ports)
-        echo "Redis during this case (all nodes, warm-ups included): EVALSHA calls $((after - before)), socket reads (round trips) $((reads - reads_before))"
-    fi
+        --metrics-match "sluice_rpc_decisions_total,sluice_redis_commands_total,sluice_redis_checks_total,sluice_store_degraded_checks_total,sluice_store_cached_denials_total")
+    local point
+    for point in ${POINTS//,/ }; do
+        local before=0 reads_before=0 degraded_before=0
+        [ -n "$ports" ] && before=$(evalsha_calls $ports) && reads_before=$(redis_reads $ports)
+        [ -n "$http" ] && degraded_before=$(metric "$http" sluice_store_degraded_checks_total)
+        echo
+        echo "### $name, $label, $point"
+        python3 "$BENCH_DIR/rls_bench.py" --addr "$addr" --points "$point" -n "$REQUESTS" \
+            --repeat "$REPEAT" --warmup "$WARMUP" --label "$name $label" "${extra[@]}" "$@"
+        local sent=$((WARMUP + REPEAT * REQUESTS))
+        if [ -n "$ports" ]; then
+            local after reads
+            after=$(evalsha_calls $ports); reads=$(redis_reads $ports)
+            echo "Redis during $point (all nodes, warm-up included, $sent requests): EVALSHA calls $((after - before))," \
+                "socket reads (round trips) $((reads - reads_before));" \
+                "EVALSHA per decision $(awk -v a=$((after - before)) -v n=$sent 'BEGIN{printf "%.3f", a/n}')"
+        fi
+        if [ -n "$http" ]; then
+            echo "sluice_store_degraded_checks_total during $point: $(awk -v a="$(metric "$http" sluice_store_degraded_checks_total)" -v b="$degraded_before" 'BEGIN{printf "%d", a-b}')"
+        fi
+    done
 }
 
-for case in ok1 ok5 over; do
+for case in $CASES; do
     for s in "${servers[@]}"; do
         IFS='|' read -r name addr pid http ports <<<"$s"
         case $case in

@@ -183,7 +183,7 @@ pub struct Resilient<P> {
     options: ResilienceOptions,
     breaker: Breaker,
     /// Over-limit cache: key → when the denial ends.
-    denials: Option<moka::sync::Cache<Box<[u8]>, Instant>>,
+    denials: Option<moka::sync::Cache<u128, Instant>>,
     counters: Counters,
 }
 
@@ -317,7 +317,7 @@ impl<P: CounterStore> Resilient<P> {
         let now = Instant::now();
         // Answer what the over-limit cache knows; send the rest.
         let mut answers: SmallVec<[Option<Outcome>; 4]> = SmallVec::new();
-        let mut cache_keys: SmallVec<[Option<Box<[u8]>>; 4]> = SmallVec::new();
+        let mut cache_keys: SmallVec<[Option<u128>; 4]> = SmallVec::new();
         if let Some(denials) = &self.denials {
             for c in checks {
                 let key = cache_key(c);
@@ -344,24 +344,24 @@ impl<P: CounterStore> Resilient<P> {
         if self.breaker.is_open() {
             failed.extend(pending.iter().copied());
         } else {
-            let results: CheckResults = self.primary.check_each(&sent).await;
+            let mut results = self.primary.check_each(&sent).await.into_iter();
             let mut decided = 0usize;
             let mut first_error: Option<StoreError> = None;
-            for (k, &i) in pending.iter().enumerate() {
-                match results.get(k) {
+            for &i in &pending {
+                match results.next() {
                     Some(Ok(o)) => {
                         decided += 1;
                         if let (Some(denials), Some(Some(key)), Some(d)) = (
                             &self.denials,
                             cache_keys.get(i),
-                            cacheable_denial(&checks[i], o),
+                            cacheable_denial(&checks[i], &o),
                         ) {
-                            denials.insert(key.clone(), now + d);
+                            denials.insert(*key, now + d);
                         }
-                        answers[i] = Some(o.clone());
+                        answers[i] = Some(o);
                     }
                     Some(Err(e)) => {
-                        first_error.get_or_insert_with(|| e.clone());
+                        first_error.get_or_insert(e);
                         failed.push(i);
                     }
                     None => failed.push(i),
@@ -437,9 +437,11 @@ fn fixed_answer(c: &Check<'_>, admit: bool) -> Outcome {
     }
 }
 
-/// The over-limit cache key: the counter key plus every limit's values.
-fn cache_key(c: &Check<'_>) -> Box<[u8]> {
-    let mut k = Vec::with_capacity(c.key.len() + 40 * c.limits.len());
+/// The over-limit cache key: XXH3-128 of the counter key plus every
+/// limit's values (built on the stack for typical sizes; 128 bits, so two
+/// different checks never meet in practice).
+fn cache_key(c: &Check<'_>) -> u128 {
+    let mut k: SmallVec<[u8; 320]> = SmallVec::new();
     k.extend_from_slice(c.key);
     for l in c.limits {
         k.extend_from_slice(&l.slot.to_le_bytes());
@@ -450,7 +452,7 @@ fn cache_key(c: &Check<'_>) -> Box<[u8]> {
         k.push(l.unit.proto_number().to_le_bytes()[0]);
         k.push(l.algorithm as u8);
     }
-    k.into()
+    xxhash_rust::xxh3::xxh3_128(&k)
 }
 
 /// If this outcome is a denial that any further hit would also get until

@@ -687,7 +687,14 @@ impl Inner {
             }
             calls += waits.len() as u64;
             todo.clear();
-            let replies = futures_util::future::join_all(waits.iter_mut().map(|(_, rx)| rx)).await;
+            let replies: SmallVec<[_; 3]> = if let [(_, rx)] = &mut waits[..] {
+                smallvec::smallvec![rx.await]
+            } else {
+                futures_util::future::join_all(waits.iter_mut().map(|(_, rx)| rx))
+                    .await
+                    .into_iter()
+                    .collect()
+            };
             for ((idx, _), reply) in waits.iter().zip(replies) {
                 match reply {
                     Err(_) => {

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine, then runs every
 # test: formatting, clippy, unit and property tests, and the integration
-# suite (real sluice binary, real grpcurl, real Envoy, real Redis, real
-# PostgreSQL and SQLite).
+# suite (real sluice binary, real grpcurl, real Envoy, real nginx, real
+# Redis, real PostgreSQL and SQLite).
 #
 # Needs: a Rust toolchain (cargo, rustfmt, clippy) and root or sudo for
 # apt-get when Debian packages are missing.
@@ -37,6 +37,10 @@ command -v redis-cli >/dev/null || missing+=(redis-tools)
 # reads it with readelf (binutils) and runs its rootfs with unshare.
 command -v podman >/dev/null || missing+=(podman)
 command -v readelf >/dev/null || missing+=(binutils)
+# A real nginx for forward auth (tests/it/gateway.rs): auth_request to /auth.
+# The package may start a system nginx on port 80; the tests run their own on
+# free loopback ports under a prefix of their own.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 # A real PostgreSQL for the key-store tests (tests/it/keys.rs), reached at
 # SLUICE_IT_POSTGRES_URL (default postgres://postgres:postgres@127.0.0.1:5432/postgres).
 # A real Prometheus (server and promtool) for the alert rules and dashboard

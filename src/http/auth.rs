@@ -15,7 +15,9 @@
 //!   the client's query); `/auth/<path>` takes none.
 //! * 200 with the identity headers (and rate-limit headers, and
 //!   `x-envoy-auth-headers-to-remove` naming the key's header), or
-//!   401/403/429/503 with the problem body and headers.
+//!   401/403/429/503 with the problem body and headers, the body repeated
+//!   in `x-sluice-problem` for proxies that drop a subrequest's body
+//!   (nginx).
 
 use std::sync::Arc;
 
@@ -159,6 +161,9 @@ pub fn respond(answer: Answer) -> Response {
             for (k, v) in &d.headers {
                 push(&mut headers, k, v);
             }
+            // nginx's auth_request drops the subrequest's body: the problem
+            // travels in a header too, for `auth_request_set`.
+            push(&mut headers, "x-sluice-problem", &d.body);
             let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::FORBIDDEN);
             (status, headers, d.body).into_response()
         }

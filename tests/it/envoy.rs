@@ -8,7 +8,7 @@
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::support::{Sluice, avoid_minute_boundary, tool};
@@ -105,7 +105,7 @@ async fn start_envoy_text(
             "warning",
         ])
         .args(["--base-id", &u32::from(front).to_string()])
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("envoy.out")).unwrap())
         .stderr(log)
         .spawn()
         .expect("start envoy");

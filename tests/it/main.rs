@@ -17,6 +17,7 @@ mod chart;
 mod check_config;
 mod concurrency;
 mod envoy;
+mod gateway;
 mod grpcurl;
 mod http;
 mod image;

@@ -379,7 +379,7 @@ impl Application {
         let mut bus: Option<Arc<dyn crate::keys::ChangeBus>> = None;
         if let Some(r) = &cfg.redis {
             let o = &r.options;
-            match RedisBus::connect(&o.url, o.password.as_ref(), &o.key_prefix).await {
+            match RedisBus::connect(o).await {
                 Ok(b) => bus = Some(Arc::new(b)),
                 Err(e) => tracing::warn!(
                     error = %e,
@@ -638,9 +638,7 @@ impl Application {
         });
         let redis_listener = cfg.redis.as_ref().map(|r| {
             tokio::spawn(crate::keys::notify::listen_redis(
-                r.options.url.clone(),
-                r.options.password.clone(),
-                r.options.key_prefix.clone(),
+                r.options.clone(),
                 key_cache.clone(),
                 closed(),
             ))

@@ -18,7 +18,7 @@ use sluice::keys::KeyOptions;
 use sluice::keys::cache::CacheOptions;
 use sluice::keys::guard::GuardOptions;
 use sluice::secret::{Secret, redact_url};
-use sluice::store::redis::RedisOptions;
+use sluice::store::redis::{RedisOptions, RedisTlsFiles};
 use sluice::store::resilient::{FailureMode, ResilienceOptions};
 use sluice::telemetry::{self, LogFormat};
 use sluice::tls::ServerTlsFiles;
@@ -312,11 +312,24 @@ struct ServeArgs {
     /// Seconds calls still open after the shutdown delay get to finish.
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value_t = 10)]
     drain_timeout: u64,
-    /// Keep counters in Redis, shared by every replica: redis://, rediss://,
+    /// Keep counters in Redis, shared by every replica: redis://,
     /// redis-cluster://host:port?node=host:port&..., or
-    /// redis-sentinel://host:port?sentinelServiceName=NAME&node=host:port. Unset: in memory.
+    /// redis-sentinel://host:port?sentinelServiceName=NAME&node=host:port; over TLS
+    /// rediss://, rediss-cluster://, rediss-sentinel://. Unset: in memory.
     #[arg(long, env = "SLUICE_REDIS_URL")]
     redis_url: Option<String>,
+    /// PEM CA certificates for a TLS Redis URL (rediss://, rediss-cluster://,
+    /// rediss-sentinel://): the only roots Redis servers are verified against
+    /// (default: the system's roots).
+    #[arg(long, env = "SLUICE_REDIS_TLS_CA")]
+    redis_tls_ca: Option<PathBuf>,
+    /// PEM client certificate chain presented to Redis (servers with
+    /// tls-auth-clients yes); with --redis-tls-key.
+    #[arg(long, env = "SLUICE_REDIS_TLS_CERT", requires = "redis_tls_key")]
+    redis_tls_cert: Option<PathBuf>,
+    /// PEM private key of --redis-tls-cert.
+    #[arg(long, env = "SLUICE_REDIS_TLS_KEY", requires = "redis_tls_cert")]
+    redis_tls_key: Option<PathBuf>,
     /// Redis password, overriding the URL's (never logged).
     #[arg(long, env = "SLUICE_REDIS_PASSWORD", hide_env_values = true)]
     redis_password: Option<Secret>,
@@ -642,6 +655,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             options.pool_size = args.redis_pool_size.max(1);
             options.batch_max = usize::try_from(args.redis_batch_max).unwrap_or(usize::MAX);
             options.batch_wait = Duration::from_micros(args.redis_batch_wait_us);
+            options.tls = RedisTlsFiles {
+                ca: args.redis_tls_ca,
+                cert: args.redis_tls_cert,
+                key: args.redis_tls_key,
+            };
             RedisConfig {
                 options,
                 resilience: ResilienceOptions {

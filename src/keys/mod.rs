@@ -84,6 +84,7 @@ impl From<RepoError> for KeyError {
             | RepoError::Lock { .. }
             | RepoError::ConnectTimeout(_)
             | RepoError::Db(_)
+            | RepoError::TlsFile { .. }
             | RepoError::Migrate(_) => KeyError::Unavailable(e.to_string()),
         }
     }

@@ -9,7 +9,8 @@
 //! Redis pub/sub carries them too when Redis is configured ([`RedisBus`],
 //! [`listen_redis`]).
 //!
-//! May depend on: `keys`, `secret`, sqlx's PostgreSQL listener, fred.
+//! May depend on: `keys`, `store::redis` (the Redis client settings), sqlx's
+//! PostgreSQL listener, fred.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use sqlx::postgres::PgListener;
 
 use super::cache::KeyCache;
 use super::repo::NOTIFY_CHANNEL;
-use crate::secret::Secret;
+use crate::store::redis::{RedisOptions, fred_config};
 
 /// Listens on PostgreSQL until `stop` resolves, applying each change to
 /// the key cache. Reconnects with backoff; never returns early.
@@ -88,33 +89,15 @@ pub fn redis_channel(prefix: &str) -> String {
     format!("{prefix}:key-changes")
 }
 
-fn redis_config(
-    url: &str,
-    password: Option<&Secret>,
-) -> Result<fred::types::config::Config, String> {
-    let mut config =
-        fred::types::config::Config::from_url(url).map_err(|e| e.details().to_string())?;
-    if let Some(p) = password {
-        let text = p
-            .expose_str()
-            .ok_or("the Redis password is not UTF-8 text")?;
-        config.password = Some(text.to_string());
-    }
-    Ok(config)
-}
-
 impl RedisBus {
     /// Connects a publishing client.
     ///
     /// # Errors
     /// A bad URL or an unreachable Redis, as a message.
-    pub async fn connect(
-        url: &str,
-        password: Option<&Secret>,
-        prefix: &str,
-    ) -> Result<RedisBus, String> {
+    pub async fn connect(options: &RedisOptions) -> Result<RedisBus, String> {
         use fred::interfaces::ClientLike as _;
-        let client = fred::types::Builder::from_config(redis_config(url, password)?)
+        let config = fred_config(options).map_err(|e| e.to_string())?;
+        let client = fred::types::Builder::from_config(config)
             .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(1))
             .set_policy(fred::types::config::ReconnectPolicy::new_exponential(
                 0, 50, 2_000, 2,
@@ -127,7 +110,7 @@ impl RedisBus {
             .map_err(|e| e.to_string())?;
         Ok(RedisBus {
             client,
-            channel: redis_channel(prefix),
+            channel: redis_channel(&options.key_prefix),
         })
     }
 }
@@ -150,15 +133,13 @@ impl super::ChangeBus for RedisBus {
 /// fred resubscribes after a reconnect; everything cached is dropped then,
 /// since notices may have been missed.
 pub async fn listen_redis(
-    url: String,
-    password: Option<Secret>,
-    prefix: String,
+    options: RedisOptions,
     keys: Arc<KeyCache>,
     stop: impl Future<Output = ()>,
 ) {
     use fred::interfaces::{ClientLike as _, EventInterface as _, PubsubInterface as _};
     tokio::pin!(stop);
-    let config = match redis_config(&url, password.as_ref()) {
+    let config = match fred_config(&options) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "key-change listener: bad Redis URL");
@@ -181,7 +162,7 @@ pub async fn listen_redis(
     let mut reconnects = subscriber.reconnect_rx();
     let _connection = subscriber.init().await;
     let _manager = subscriber.manage_subscriptions();
-    let channel = redis_channel(&prefix);
+    let channel = redis_channel(&options.key_prefix);
     if let Err(e) = subscriber.subscribe(channel.clone()).await {
         tracing::warn!(error = %e, "cannot subscribe to key changes yet; retried on reconnect");
     } else {

@@ -332,16 +332,37 @@ pub fn client_config(
     ca: Option<&Path>,
     identity: Option<(&Path, &Path)>,
 ) -> Result<ClientConfig, TlsError> {
-    let provider = provider();
-    let roots = match ca {
-        Some(path) => parse_roots(path, &read(path)?)?,
+    client_config_from(client_roots(ca)?, identity)
+}
+
+/// The roots a client trusts: only the CA certificates in `ca` when
+/// given, otherwise the system's.
+///
+/// # Errors
+/// `ca` cannot be read or holds no usable CA certificate.
+pub fn client_roots(ca: Option<&Path>) -> Result<RootCertStore, TlsError> {
+    match ca {
+        Some(path) => parse_roots(path, &read(path)?),
         None => {
             let mut roots = RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
             roots.add_parsable_certificates(found.certs);
-            roots
+            Ok(roots)
         }
-    };
+    }
+}
+
+/// A client configuration trusting `roots`, presenting `identity`
+/// (certificate and key files) when given.
+///
+/// # Errors
+/// Unreadable or unusable identity files, or a key that does not match
+/// its certificate.
+pub fn client_config_from(
+    roots: RootCertStore,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, TlsError> {
+    let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config("client".into(), e.to_string()))?

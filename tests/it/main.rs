@@ -30,5 +30,6 @@ mod redis_fixtures_selftest;
 mod redis_store;
 mod reload;
 mod rls;
+mod store_tls;
 mod tls;
 mod traces;

@@ -22,7 +22,8 @@
 //! * `usage.rs`: `usage_daily` and `api_keys.last_used_at`.
 //! * `audit.rs`: `audit_events`.
 //!
-//! May depend on: `keys::model`, `secret`, sqlx. Knows nothing of gRPC or caching.
+//! May depend on: `keys::model`, `secret`, `tls` (the PEM files a PostgreSQL URL
+//! names), sqlx. Knows nothing of gRPC or caching.
 
 mod audit;
 mod keys;
@@ -52,6 +53,38 @@ pub enum Backend {
     Sqlite,
 }
 
+/// The TLS files a PostgreSQL URL names (`sslrootcert`, `sslcert`,
+/// `sslkey`), read and parsed before connecting: sqlx would report a
+/// missing file as an I/O error without its name, and start-up would wait
+/// for it as if the server were down.
+fn check_tls_files(url: &str) -> Result<(), RepoError> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(());
+    };
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let (param, key) = match name.as_ref() {
+            "sslrootcert" => ("sslrootcert", false),
+            "sslcert" => ("sslcert", false),
+            "sslkey" => ("sslkey", true),
+            _ => continue,
+        };
+        let path = Path::new(value.as_ref());
+        let bad = |source| RepoError::TlsFile { param, source };
+        let bytes = std::fs::read(path).map_err(|source| {
+            bad(crate::tls::TlsError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        })?;
+        if key {
+            crate::tls::parse_key(path, &bytes).map_err(bad)?;
+        } else {
+            crate::tls::parse_certs(path, &bytes).map_err(bad)?;
+        }
+    }
+    Ok(())
+}
+
 /// A key-store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -77,6 +110,13 @@ pub enum RepoError {
     Corrupt { table: &'static str, what: String },
     #[error("no connection within {0:?}")]
     ConnectTimeout(Duration),
+    /// A TLS file named in the PostgreSQL URL cannot be used.
+    #[error("--database-url {param}: {source}")]
+    TlsFile {
+        param: &'static str,
+        #[source]
+        source: crate::tls::TlsError,
+    },
 }
 
 impl RepoError {
@@ -95,7 +135,8 @@ impl RepoError {
             | RepoError::Migrate(_)
             | RepoError::Create { .. }
             | RepoError::Lock { .. }
-            | RepoError::Corrupt { .. } => false,
+            | RepoError::Corrupt { .. }
+            | RepoError::TlsFile { .. } => false,
         }
     }
 }
@@ -177,6 +218,9 @@ impl Repository {
             Backend::Sqlite => create_sqlite_file(&url)?,
             Backend::Postgres => None,
         };
+        if backend == Backend::Postgres {
+            check_tls_files(&url)?;
+        }
         let options = AnyConnectOptions::from_str(&url)?;
         if backend == Backend::Postgres {
             // One connection first, for the server's own answer: the pool

@@ -81,6 +81,7 @@
 pub mod batch;
 pub mod keys;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -180,6 +181,32 @@ pub struct RedisOptions {
     /// How long a batch waits for more checks before it goes out
     /// (`--redis-batch-wait-us`); default 0: at once.
     pub batch_wait: Duration,
+    /// A private CA and a client certificate for a TLS URL; see
+    /// [`RedisTlsFiles`].
+    pub tls: RedisTlsFiles,
+}
+
+/// TLS files for a `rediss://`, `rediss-cluster://` or `rediss-sentinel://`
+/// URL, read once when a client is built (a restart picks up rotated
+/// files). Without any, the system's roots verify the server and no
+/// client certificate is sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedisTlsFiles {
+    /// PEM CA certificates (`--redis-tls-ca`): the only roots the Redis
+    /// servers' certificates are verified against (the system's are not
+    /// used then).
+    pub ca: Option<PathBuf>,
+    /// PEM certificate chain presented to Redis (`--redis-tls-cert`), for
+    /// servers with `tls-auth-clients yes`; needs [`key`](Self::key).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of [`cert`](Self::cert) (`--redis-tls-key`).
+    pub key: Option<PathBuf>,
+}
+
+impl RedisTlsFiles {
+    fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
+    }
 }
 
 impl RedisOptions {
@@ -195,8 +222,55 @@ impl RedisOptions {
             expiry_jitter: DEFAULT_EXPIRY_JITTER,
             batch_max: DEFAULT_BATCH_MAX,
             batch_wait: DEFAULT_BATCH_WAIT,
+            tls: RedisTlsFiles::default(),
         }
     }
+}
+
+/// fred's configuration for `options`: the URL, the password override,
+/// and for a TLS URL a rustls client (ring) trusting `--redis-tls-ca` (or
+/// the system's roots) and presenting `--redis-tls-cert` when given.
+/// Shared by the counter store and the key-change bus.
+///
+/// # Errors
+/// [`ConnectError::Config`]: a bad URL, a password that is not text, TLS
+/// files given with a plaintext URL, or TLS files that cannot be read or
+/// used (the message names the flag).
+pub fn fred_config(options: &RedisOptions) -> Result<Config, ConnectError> {
+    let url = redact_url(&options.url);
+    let mut config = Config::from_url(&options.url)
+        .map_err(|e| ConnectError::Config(format!("Redis URL {url}: {}", e.details())))?;
+    if let Some(password) = &options.password {
+        let text = password.expose_str().ok_or_else(|| {
+            ConnectError::Config("the Redis password is not UTF-8 text".to_owned())
+        })?;
+        config.password = Some(text.to_owned());
+    }
+    if config.tls.is_none() {
+        if !options.tls.is_empty() {
+            return Err(ConnectError::Config(format!(
+                "--redis-tls-ca, --redis-tls-cert and --redis-tls-key need a TLS Redis URL \
+                 (rediss://, rediss-cluster:// or rediss-sentinel://), not {url}"
+            )));
+        }
+        return Ok(config);
+    }
+    let files = &options.tls;
+    let roots = crate::tls::client_roots(files.ca.as_deref())
+        .map_err(|e| ConnectError::Config(format!("--redis-tls-ca: {e}")))?;
+    let identity = match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (None, None) => None,
+        _ => {
+            return Err(ConnectError::Config(
+                "--redis-tls-cert and --redis-tls-key go together".to_owned(),
+            ));
+        }
+    };
+    let client = crate::tls::client_config_from(roots, identity)
+        .map_err(|e| ConnectError::Config(format!("--redis-tls-cert/--redis-tls-key: {e}")))?;
+    config.tls = Some(fred::types::config::TlsConnector::from(client).into());
+    Ok(config)
 }
 
 impl std::fmt::Debug for RedisOptions {
@@ -211,6 +285,7 @@ impl std::fmt::Debug for RedisOptions {
             .field("expiry_jitter", &self.expiry_jitter)
             .field("batch_max", &self.batch_max)
             .field("batch_wait", &self.batch_wait)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -406,14 +481,7 @@ impl RedisStore {
                 MAX_BATCH_WAIT.as_micros()
             )));
         }
-        let mut config = Config::from_url(&options.url)
-            .map_err(|e| ConnectError::Config(format!("Redis URL {url}: {}", e.details())))?;
-        if let Some(password) = &options.password {
-            let text = password.expose_str().ok_or_else(|| {
-                ConnectError::Config("the Redis password is not UTF-8 text".to_owned())
-            })?;
-            config.password = Some(text.to_owned());
-        }
+        let mut config = fred_config(&options)?;
         // The first connection's errors are returned, not retried.
         config.fail_fast = true;
         let command_timeout = options.command_timeout;

@@ -103,6 +103,49 @@ impl PgInstance {
         }
     }
 
+    /// Before [`start`](Self::start): `ssl = on` with `cert`/`key` (PEM),
+    /// and TCP connections only over TLS (`hostssl`; `hostnossl` is
+    /// rejected). With `client_ca`, clients must also present a
+    /// certificate issued by it (`clientcert=verify-ca`).
+    pub fn enable_tls(&self, cert: &str, key: &str, client_ca: Option<&str>) {
+        let data = self.dir.path().join("data");
+        let write = |name: &str, text: &str| {
+            let p = data.join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            if is_root() {
+                assert!(
+                    Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(&p)
+                        .status()
+                        .unwrap()
+                        .success()
+                );
+            }
+        };
+        write("server.crt", cert);
+        write("server.key", key);
+        let mut conf =
+            "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n".to_string();
+        let mut hostssl = "hostssl all all 127.0.0.1/32 trust".to_string();
+        if let Some(ca) = client_ca {
+            write("client-ca.crt", ca);
+            conf.push_str("ssl_ca_file = 'client-ca.crt'\n");
+            hostssl.push_str(" clientcert=verify-ca");
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+        write(
+            "pg_hba.conf",
+            &format!("local all all trust\n{hostssl}\nhostnossl all all 127.0.0.1/32 reject\n"),
+        );
+    }
+
     /// `postgres://postgres@127.0.0.1:PORT/postgres`
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)

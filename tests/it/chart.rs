@@ -15,7 +15,10 @@
 //! command, its Service address resolved through the rendered Service.
 //! What the harness overrides is only what a test machine must: listen
 //! ports (`--set ports.*` to free ones) and where Redis lives (loopback
-//! addresses instead of the example names).
+//! addresses instead of the example names; for the TLS + mTLS values one
+//! standalone TLS server, requiring a client certificate, no password).
+//! Over TLS the test reaches the `grpc` port as a gateway would, with a
+//! client certificate from the client CA.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -509,6 +512,9 @@ struct Pod {
     ports: BTreeMap<String, u16>,
     uid: Option<u32>,
     mounts: Vec<String>,
+    /// How the test reaches the `grpc` port: plaintext, or TLS (and mTLS)
+    /// as the chart's `tls` values set it up.
+    grpc_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Drop for Pod {
@@ -736,6 +742,7 @@ impl Pod {
             ports,
             uid,
             mounts,
+            grpc_tls: None,
         }
     }
 
@@ -802,14 +809,37 @@ impl Pod {
         Ok(())
     }
 
-    async fn health(&self, addr: &str) -> ServingStatus {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+    /// A channel to `addr`: over TLS with the test's client settings when
+    /// `tls` (the `grpc` port of a TLS rendering), else plaintext.
+    async fn channel(&self, addr: &str, tls: bool) -> Result<tonic::transport::Channel, String> {
+        let tls = self.grpc_tls.as_ref().filter(|_| tls);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Channel::from_shared(format!("{scheme}://{addr}"))
             .unwrap()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(5));
+        if let Some(t) = tls {
+            endpoint = endpoint.tls_config(t.clone()).unwrap();
+        }
+        endpoint
             .connect()
             .await
-            .unwrap_or_else(|e| self.fail(&format!("gRPC {addr}: {e}")));
+            .map_err(|e| format!("gRPC {scheme}://{addr}: {e}"))
+    }
+
+    /// The gRPC port (over TLS when the rendering has it).
+    async fn grpc(&self) -> tonic::transport::Channel {
+        let addr = format!("127.0.0.1:{}", self.port("grpc"));
+        self.channel(&addr, true)
+            .await
+            .unwrap_or_else(|e| self.fail(&e))
+    }
+
+    async fn health(&self, addr: &str, tls: bool) -> ServingStatus {
+        let channel = self
+            .channel(addr, tls)
+            .await
+            .unwrap_or_else(|e| self.fail(&e));
         HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),
@@ -840,10 +870,35 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 /// The `helm test` Pod's command, run the same way: its `--addr` (the
 /// Service's DNS name and port) resolved through the rendered Service to
 /// the container port it targets.
-fn run_test_pod(docs: &[Value], pod: &Pod) -> (bool, String) {
+fn run_test_pod(docs: &[Value], pod: &Pod, secrets: &Objects) -> (bool, String) {
     let t = test_pod(docs);
     let tc = &t["spec"]["containers"][0];
     let args = args_of(tc);
+    // The test Pod's own Secret volumes (its client certificate), laid
+    // out beside the Deployment's under the same root.
+    let secrets = objects(docs, "Secret", secrets);
+    let volumes: BTreeMap<&str, &Value> = arr(&t["spec"]["volumes"])
+        .iter()
+        .map(|v| (s(&v["name"]), v))
+        .collect();
+    let mut mounts = pod.mounts.clone();
+    for m in arr(&tc["volumeMounts"]) {
+        let path = s(&m["mountPath"]);
+        let v = volumes[s(&m["name"])];
+        let sec = v
+            .get("secret")
+            .unwrap_or_else(|| panic!("test Pod volume {v}: only Secrets are laid out"));
+        let name = s(&sec["secretName"]);
+        let data = secrets
+            .get(name)
+            .unwrap_or_else(|| panic!("the test gave no Secret {name}"));
+        let host = pod.root.join(path.trim_start_matches('/'));
+        if !host.exists() {
+            write_volume(&host, &volume_files(sec, data, name));
+        }
+        mounts.push(path.to_string());
+    }
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     let addr = flag(&args, "--addr").expect("the test Pod passes --addr");
     let (scheme, rest) = addr.split_once("://").unwrap();
     let (host, port) = rest.rsplit_once(':').unwrap();
@@ -865,7 +920,7 @@ fn run_test_pod(docs: &[Value], pod: &Pod) -> (bool, String) {
             if a.starts_with("--addr=") {
                 format!("--addr={scheme}://127.0.0.1:{target}")
             } else {
-                map_paths(a, &pod.root, &pod.mounts)
+                map_paths(a, &pod.root, &mounts)
             }
         })
         .collect();
@@ -881,26 +936,27 @@ fn run_test_pod(docs: &[Value], pod: &Pod) -> (bool, String) {
 
 /// The decisive check for one rendering: start, probe, decide, helm test,
 /// then SIGTERM within the grace period.
-async fn run_as_rendered(docs: &[Value], secrets: &Objects) -> Pod {
+async fn run_as_rendered(
+    docs: &[Value],
+    secrets: &Objects,
+    grpc_tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Pod {
     let c = container(docs);
     let mut pod = Pod::start(docs, secrets, &Objects::new());
+    pod.grpc_tls = grpc_tls;
     pod.wait_started(&c["startupProbe"]).await;
     if let Err(e) = pod.check_probes(c).await {
         pod.fail(&e);
     }
     let grpc = format!("127.0.0.1:{}", pod.port("grpc"));
-    assert_eq!(pod.health(&grpc).await, ServingStatus::Serving);
+    assert_eq!(pod.health(&grpc, true).await, ServingStatus::Serving);
 
     // A decision on the rules the ConfigMap carries (the test's domain).
     let t = args_of(&test_pod(docs)["spec"]["containers"][0]);
     if let Some(domain) = flag(&t, "--domain") {
         let d = flag(&t, "--descriptor").unwrap();
         let entries: Vec<(&str, &str)> = d.split(',').map(|e| e.split_once('=').unwrap()).collect();
-        let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = pod.grpc().await;
         let mut client = sluice::grpc::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient::new(channel);
         let r = call(&mut client, req(domain, vec![desc(&entries)])).await;
         assert_eq!(r.overall_code, crate::support::OK, "{r:?}");
@@ -916,10 +972,11 @@ async fn run_as_rendered(docs: &[Value], secrets: &Objects) -> Pod {
     if let Some(a) = flag(&args, "--admin-grpc-addr").filter(|a| !a.is_empty()) {
         let port = a.rsplit(':').next().unwrap();
         let admin = format!("127.0.0.1:{port}");
-        assert_eq!(pod.health(&admin).await, ServingStatus::Serving);
+        // The chart keeps the admin listener on loopback, plaintext.
+        assert_eq!(pod.health(&admin, false).await, ServingStatus::Serving);
     }
 
-    let (ok, out) = run_test_pod(docs, &pod);
+    let (ok, out) = run_test_pod(docs, &pod, secrets);
     if !ok {
         pod.fail(&format!("the helm test Pod's command failed:\n{out}"));
     }
@@ -939,12 +996,7 @@ async fn stop_within_grace(docs: &[Value], mut pod: Pod) {
     let args = args_of(c);
     let delay: u64 = flag(&args, "--shutdown-delay").unwrap().parse().unwrap();
     let readiness = &c["readinessProbe"]["httpGet"];
-    let grpc = format!("http://127.0.0.1:{}", pod.port("grpc"));
-    let channel = tonic::transport::Channel::from_shared(grpc)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = pod.grpc().await;
     let mut client = sluice::grpc::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient::new(channel);
     let started = Instant::now();
     let pid = pod.child.id().to_string();
@@ -1009,7 +1061,7 @@ const JWT_SECRET: &str = "chart-test-jwt-secret-0123456789abcdef";
 #[tokio::test(flavor = "multi_thread")]
 async fn default_values_run_as_rendered() {
     let docs = render(&[&ci("default-values.yaml")], &port_sets()).unwrap();
-    let pod = run_as_rendered(&docs, &Objects::new()).await;
+    let pod = run_as_rendered(&docs, &Objects::new(), None).await;
     // SQLite and its generated secrets live in the data volume, nowhere else.
     let data = pod.root.join("var/lib/sluice");
     for f in ["sluice.db", "key-secret", "jwt-secret"] {
@@ -1057,7 +1109,7 @@ async fn redis_cluster_and_postgres_values_run_as_rendered() {
         "sluice-secrets".into(),
         secret(&[("key-secret", KEY_SECRET), ("jwt-secret", JWT_SECRET)]),
     );
-    let pod = run_as_rendered(&docs, &secrets).await;
+    let pod = run_as_rendered(&docs, &secrets, None).await;
     let log = pod.log();
     assert!(log.contains("counters in Redis"), "{log}");
     assert!(log.contains("key store ready"), "{log}");
@@ -1093,7 +1145,7 @@ async fn standalone_redis_password_comes_from_the_secret() {
         "sluice-secrets".into(),
         secret(&[("key-secret", KEY_SECRET)]),
     );
-    let pod = run_as_rendered(&docs, &secrets).await;
+    let pod = run_as_rendered(&docs, &secrets, None).await;
     assert!(pod.log().contains("counters in Redis"), "{}", pod.log());
     stop_within_grace(&docs, pod).await;
 }
@@ -1117,4 +1169,147 @@ fn paths_map_onto_the_root_only_at_mount_boundaries() {
         map_paths("--x=/var/lib/sluicex", root, &mounts),
         "--x=/var/lib/sluicex"
     );
+}
+
+/// The TLS + mTLS values, run as rendered: sluice's gRPC port serves the
+/// Secret's certificate and requires client certificates from the client
+/// CA's Secret; Redis is a real `redis-server --tls-port` with its own
+/// private CA that requires sluice's client certificate
+/// (`redis.tls.caSecret`, `redis.tls.clientCertSecret`); PostgreSQL
+/// (`ssl = on`, TLS connections only) is verified with `verify-full`
+/// against `database.caSecret` as the URL in the Secret says; the
+/// `helm test` command probes over mTLS with its own client certificate.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_and_mtls_values_run_as_rendered() {
+    use crate::support::certs::{Ca, VALID};
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+    let dir = tempfile::tempdir().unwrap();
+    let sluice_ca = Ca::new("sluice-ca");
+    let redis_ca = Ca::new("redis-ca");
+    let pg_ca = Ca::new("postgres-ca");
+    let redis = crate::store_tls::TlsRedis::start(dir.path(), &redis_ca, &redis_ca.server(), true);
+    let mut pg = crate::support::pg::PgInstance::init();
+    let pg_server = pg_ca.server();
+    pg.enable_tls(&pg_server.cert, &pg_server.key, None);
+    pg.start();
+
+    let mut sets = port_sets();
+    sets.push(("--set", "redis.mode=standalone".to_string()));
+    sets.push((
+        "--set-json",
+        format!(
+            "redis.nodes={}",
+            json!([format!("127.0.0.1:{}", redis.tls_port)])
+        ),
+    ));
+    // No password on the test's Redis; its client certificate is the check.
+    sets.push(("--set", "redis.existingSecret=".to_string()));
+    let docs = render(&[&ci("tls-mtls-values.yaml")], &sets).unwrap();
+    let args = args_of(container(&docs));
+    assert_eq!(flag(&args, "--redis-url"), Some(redis.url().as_str()));
+    for f in [
+        "--tls-cert",
+        "--tls-key",
+        "--tls-client-ca",
+        "--redis-tls-ca",
+        "--redis-tls-cert",
+        "--redis-tls-key",
+    ] {
+        assert!(flag(&args, f).is_some(), "{f} not in {args:?}");
+    }
+
+    let server = sluice_ca.server();
+    let redis_client = redis_ca.client("sluice", VALID);
+    let probe_client = sluice_ca.client("helm-test", VALID);
+    let gateway = sluice_ca.client("gateway", VALID);
+    let mut secrets = Objects::new();
+    secrets.insert(
+        "sluice-server-tls".into(),
+        secret(&[
+            ("tls.crt", &server.cert),
+            ("tls.key", &server.key),
+            ("ca.crt", &sluice_ca.pem),
+        ]),
+    );
+    secrets.insert(
+        "sluice-client-ca".into(),
+        secret(&[("ca.crt", &sluice_ca.pem)]),
+    );
+    secrets.insert("redis-ca".into(), secret(&[("ca.crt", &redis_ca.pem)]));
+    secrets.insert(
+        "sluice-redis-client-tls".into(),
+        secret(&[
+            ("tls.crt", &redis_client.cert),
+            ("tls.key", &redis_client.key),
+        ]),
+    );
+    secrets.insert("postgres-ca".into(), secret(&[("ca.crt", &pg_ca.pem)]));
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert=/etc/sluice/database-ca/ca.crt",
+        pg.url()
+    );
+    secrets.insert("sluice-database".into(), secret(&[("database-url", &url)]));
+    secrets.insert(
+        "sluice-secrets".into(),
+        secret(&[("key-secret", KEY_SECRET)]),
+    );
+    secrets.insert(
+        "sluice-test-client-tls".into(),
+        secret(&[
+            ("tls.crt", &probe_client.cert),
+            ("tls.key", &probe_client.key),
+            ("ca.crt", &sluice_ca.pem),
+        ]),
+    );
+
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&sluice_ca.pem))
+        .domain_name(crate::support::certs::SERVER_NAME)
+        .identity(Identity::from_pem(&gateway.cert, &gateway.key));
+    let pod = run_as_rendered(&docs, &secrets, Some(tls)).await;
+    let log = pod.log();
+    assert!(log.contains("counters in Redis"), "{log}");
+    assert!(log.contains("key store ready"), "{log}");
+    assert!(
+        !redis.keys().trim().is_empty(),
+        "the decision was counted in the TLS Redis\n{log}"
+    );
+
+    // The grpc port refuses plaintext, and TLS without a client certificate.
+    let grpc = format!("127.0.0.1:{}", pod.port("grpc"));
+    let plain = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5));
+    let refused = match plain.connect().await {
+        Err(_) => true,
+        Ok(c) => HealthClient::new(c)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .is_err(),
+    };
+    assert!(refused, "plaintext answered on a TLS port");
+    let anonymous = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&sluice_ca.pem))
+        .domain_name(crate::support::certs::SERVER_NAME);
+    let ep = tonic::transport::Channel::from_shared(format!("https://{grpc}"))
+        .unwrap()
+        .tls_config(anonymous)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5));
+    let refused = match ep.connect().await {
+        Err(_) => true,
+        Ok(c) => HealthClient::new(c)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .is_err(),
+    };
+    assert!(refused, "no client certificate, yet answered");
+    stop_within_grace(&docs, pod).await;
 }

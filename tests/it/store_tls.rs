@@ -31,13 +31,13 @@ fn s(p: &Path) -> &str {
 /// A redis-server with a plaintext port (for the test) and a TLS port
 /// serving `server` (issued by `ca`); `auth_clients`: client certificates
 /// issued by `ca` are required.
-struct TlsRedis {
-    server: RedisServer,
-    tls_port: u16,
+pub(crate) struct TlsRedis {
+    pub(crate) server: RedisServer,
+    pub(crate) tls_port: u16,
 }
 
 impl TlsRedis {
-    fn start(dir: &Path, ca: &Ca, server: &Pair, auth_clients: bool) -> TlsRedis {
+    pub(crate) fn start(dir: &Path, ca: &Ca, server: &Pair, auth_clients: bool) -> TlsRedis {
         let (cert, key) = server.write(dir, "redis");
         let ca_file = ca.write(dir, "redis-ca.crt");
         let tls_port = free_port();
@@ -57,12 +57,12 @@ impl TlsRedis {
         TlsRedis { server, tls_port }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("rediss://127.0.0.1:{}", self.tls_port)
     }
 
     /// Keys sluice wrote, read over the plaintext port.
-    fn keys(&self) -> String {
+    pub(crate) fn keys(&self) -> String {
         self.server.cli(&["--scan", "--pattern", "sluice:*"])
     }
 }

@@ -167,6 +167,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $v.redis.tls.caSecret (not $v.redis.tls.enabled) }}
 {{- fail "redis.tls.caSecret needs redis.tls.enabled" }}
 {{- end }}
+{{- if and $v.redis.tls.clientCertSecret (not $v.redis.tls.enabled) }}
+{{- fail "redis.tls.clientCertSecret needs redis.tls.enabled" }}
+{{- end }}
 {{- if and $v.admin.expose (not $v.admin.enabled) }}
 {{- fail "admin.expose needs admin.enabled" }}
 {{- end }}

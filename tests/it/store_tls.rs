@@ -6,7 +6,9 @@
 //! one; a server certificate from another CA stops the start (whatever the
 //! failure mode: nothing is answered from a Redis that was never trusted);
 //! unusable files and TLS files with a plaintext URL stop the start with a
-//! message naming the flag. PostgreSQL through the URL: a server of the
+//! message naming the flag; a three-master Redis Cluster with
+//! `tls-cluster yes` and client certificates required, every master
+//! counting. PostgreSQL through the URL: a server of the
 //! test's own with `ssl = on` that only takes TLS connections with a client
 //! certificate; `sslmode=verify-full&sslrootcert=...` (and `sslcert`,
 //! `sslkey`) with the right CA works, a wrong CA, no client certificate or
@@ -372,4 +374,99 @@ async fn postgres_verify_full_through_the_url() {
         err.contains("--database-url sslkey") && err.contains("pg-ca.crt"),
         "{err}"
     );
+}
+
+/// Three TLS masters (`tls-cluster yes`: the bus and the ports the slot
+/// map announces are TLS), each requiring client certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_redis_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = Ca::new("cluster-ca");
+    let (cert, key) = ca.node().write(d, "node");
+    let ca_file = ca.write(d, "ca.crt");
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let tls_port = free_port();
+        let bus = free_port();
+        let server = RedisServer::start_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+            "--cluster-port",
+            &bus.to_string(),
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cluster",
+            "yes",
+            "--tls-cert-file",
+            s(&cert),
+            "--tls-key-file",
+            s(&key),
+            "--tls-ca-cert-file",
+            s(&ca_file),
+        ]);
+        nodes.push((server, tls_port));
+    }
+    let mut create = Command::new("redis-cli");
+    create.args([
+        "--tls",
+        "--cacert",
+        s(&ca_file),
+        "--cert",
+        s(&cert),
+        "--key",
+        s(&key),
+    ]);
+    create.args(["--cluster", "create"]);
+    for (_, p) in &nodes {
+        create.arg(format!("127.0.0.1:{p}"));
+    }
+    create.args(["--cluster-yes"]);
+    let out = crate::support::redis::run_bounded(&mut create, std::time::Duration::from_secs(60))
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("[OK] All 16384 slots covered"), "{text}");
+    let ok = crate::support::eventually(std::time::Duration::from_secs(30), || async {
+        nodes
+            .iter()
+            .all(|(n, _)| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+    })
+    .await;
+    assert!(ok, "the TLS cluster did not become ok");
+
+    let url = format!(
+        "rediss-cluster://127.0.0.1:{}?node=127.0.0.1:{}",
+        nodes[0].1, nodes[1].1
+    );
+    let sluice = start(&[
+        "--redis-url",
+        &url,
+        "--redis-tls-ca",
+        s(&ca_file),
+        "--redis-tls-cert",
+        s(&cert),
+        "--redis-tls-key",
+        s(&key),
+        "--failure-mode",
+        "deny",
+    ]);
+    // Enough descriptors that every master serves some.
+    for i in 0..12 {
+        two_then_over(&sluice, &format!("cluster-{i}")).await;
+    }
+    for (n, p) in &nodes {
+        let keys = n.cli(&["--scan", "--pattern", "sluice:*"]);
+        assert!(
+            !keys.trim().is_empty(),
+            "nothing on the master at TLS port {p}"
+        );
+    }
 }

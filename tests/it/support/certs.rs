@@ -108,6 +108,24 @@ impl Ca {
         )
     }
 
+    /// A certificate for 127.0.0.1 and localhost valid as server and as
+    /// client (Redis Cluster nodes present theirs both ways on the bus).
+    pub fn node(&self) -> Pair {
+        let mut p =
+            CertificateParams::new(["localhost", "127.0.0.1"].map(String::from).to_vec()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "node");
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        Pair {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
     /// Writes the CA certificate as `<name>` in `dir`.
     pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
         let p = dir.join(name);

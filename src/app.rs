@@ -48,10 +48,11 @@ use crate::keys::notify::RedisBus;
 use crate::keys::repo::{Backend, RepoError, Repository};
 use crate::keys::{KeyAdmin, KeyOptions, KeyParts, Resolver, UsageFlusher};
 use crate::secret::{Secret, redact_url};
+use crate::service::{CallerSource, Decider};
 use crate::shutdown::{Coordinator, Phase, Shutdown};
+use crate::store::MemoryStore;
 use crate::store::redis::{ConnectError, RedisOptions, RedisStore};
 use crate::store::resilient::{AnyStore, ResilienceOptions, Resilient};
-use crate::store::{CounterStore, MemoryStore};
 use crate::telemetry::metrics::{self, Metrics};
 use crate::tls::{Incoming, Reload, ReloadingServerConfig, ServerTlsFiles};
 
@@ -89,6 +90,8 @@ pub struct ServeConfig {
     pub authz: GateOptions,
     /// API keys, plans and the admin API.
     pub keys: KeysConfig,
+    /// Who a caller is, for the failed-validation guard.
+    pub caller: CallerSource,
 }
 
 /// The key store and admin authentication.
@@ -532,17 +535,20 @@ impl Application {
         ];
         let (reflection_v1, reflection_v1alpha) = reflection(&data_plane)?;
 
+        let decider = Arc::new(Decider::new(engine.clone(), Some(keys.clone())));
+        let caller = Arc::new(cfg.caller.clone());
         let rls = RateLimitServiceServer::new(RlsService::new(
-            engine.clone(),
+            decider.clone(),
             metrics.clone(),
-            Some(keys.clone()),
+            caller.clone(),
         ))
         .max_decoding_message_size(cfg.max_request_bytes);
-        let key_service = KeyServiceServer::new(KeyGrpc::new(keys.clone(), metrics.clone()))
-            .max_decoding_message_size(cfg.max_request_bytes);
+        let key_service =
+            KeyServiceServer::new(KeyGrpc::new(keys.clone(), metrics.clone(), caller.clone()))
+                .max_decoding_message_size(cfg.max_request_bytes);
         let admin_service = AdminServiceServer::new(AdminGrpc::new(key_admin, auth))
             .max_decoding_message_size(cfg.max_request_bytes);
-        let gate = Arc::new(Gate::new(engine.clone(), keys.clone(), cfg.authz.clone()));
+        let gate = Arc::new(Gate::new(decider.clone(), cfg.authz.clone()));
         let authz_service = AuthorizationServer::new(AuthzGrpc::new(gate.clone(), metrics.clone()))
             .max_decoding_message_size(cfg.max_request_bytes);
 
@@ -581,16 +587,18 @@ impl Application {
         };
 
         let health_task = tokio::spawn(follow_store_health(
-            engine.clone(),
+            decider.clone(),
             health.clone(),
             shutdown.clone(),
         ));
         // A shared store's breaker probe (readiness and health do not
         // follow the store: its failure mode answers while it is down).
         let store_watch = engine.store().watch().map(tokio::spawn);
-        let registry = metrics::registry(metrics.clone(), engine.clone());
+        let mut registry = metrics::registry(metrics.clone(), engine.clone());
+        metrics::register_key_store(&mut registry, keys.clone());
         let http_state = Arc::new(HttpState {
-            engine: engine.clone(),
+            decider,
+            caller,
             gate,
             metrics: metrics.clone(),
             registry,
@@ -599,9 +607,12 @@ impl Application {
         });
         let http_task = tokio::spawn({
             let stop = shutdown.clone();
-            axum::serve(http, http::router(http_state))
-                .with_graceful_shutdown(async move { stop.reached(Phase::Stopping).await })
-                .into_future()
+            axum::serve(
+                http,
+                http::router(http_state).into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.reached(Phase::Stopping).await })
+            .into_future()
         });
         let sweeper = tokio::spawn(sweep_forever(engine.clone()));
         let tls_reloaders: Vec<_> = [("grpc", grpc_tls), ("admin", admin_tls)]
@@ -890,12 +901,13 @@ fn reflection(
     Ok((v1, v1alpha))
 }
 
-/// Keeps gRPC health in step with the counter store: NOT_SERVING while a
-/// shared store is unreachable and the failure mode cannot stand in. Ends
-/// when shutdown begins (and is stopped by then anyway), so that nothing
-/// turns health back to SERVING during the drain.
+/// Keeps gRPC health in step with the counter and key stores:
+/// NOT_SERVING while one is unreachable and its failure mode cannot stand
+/// in; also probes a failing key store, so it recovers without traffic.
+/// Ends when shutdown begins (and is stopped by then anyway), so that
+/// nothing turns health back to SERVING during the drain.
 async fn follow_store_health(
-    engine: Arc<Engine<Store>>,
+    decider: Arc<Decider<Store>>,
     health: tonic_health::server::HealthReporter,
     shutdown: Shutdown,
 ) {
@@ -907,7 +919,10 @@ async fn follow_store_health(
             () = shutdown.reached(Phase::Draining) => return,
             _ = tick.tick() => {}
         }
-        let ready = engine.store().health().ready;
+        if let Some(k) = decider.keys() {
+            k.probe().await;
+        }
+        let ready = decider.health().ready;
         if ready != serving && !shutdown.is_draining() {
             serving = ready;
             let status = if ready {

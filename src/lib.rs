@@ -7,7 +7,8 @@
 //!
 //! * [`core`]: the pure model: units, limits, algorithms, the rule tree and
 //!   its matching, counter keys, per-rule statistics. No I/O, no async.
-//! * [`store`]: the counter-store trait and the in-memory store.
+//! * [`store`]: the counter-store trait; the in-memory and Redis stores
+//!   and the resilience layer in front of Redis.
 //! * [`engine`]: request → decision, over `core` and the store trait.
 //! * [`auth`]: admin tokens (JWT) and server secret files.
 //! * [`authz`]: API keys at the gateway: what Envoy's ext_authz `Check`
@@ -17,7 +18,11 @@
 //!   side, the usage flusher, the SQL repository (PostgreSQL or SQLite),
 //!   cache and change notices.
 //! * [`config`]: YAML files → `core` rules, validation, the file watcher.
-//! * [`grpc`], [`http`]: protocol adapters; translate and call the engine.
+//! * [`service`]: the keyed decision both transports call: resolve the
+//!   request's API keys, attach their limits, decide, record usage; who
+//!   the caller is. Over `engine` and the key resolver.
+//! * [`grpc`], [`http`]: protocol adapters; translate and call `service`
+//!   (or the key resolver and admin for the key APIs).
 //! * [`telemetry`]: logging and Prometheus metrics.
 //! * [`tls`]: TLS for the gRPC listeners (certificates re-read when their
 //!   files change, mTLS) and client TLS configurations.
@@ -39,6 +44,7 @@ pub mod grpc;
 pub mod http;
 pub mod keys;
 pub mod secret;
+pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

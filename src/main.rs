@@ -14,10 +14,11 @@ use sluice::authz::{GateOptions, IdentityHeaders};
 use sluice::config::{self, LoadOptions};
 use sluice::core::stats::StatsRegistry;
 use sluice::engine::{HeaderMode, RequestLimits};
-use sluice::keys::KeyOptions;
 use sluice::keys::cache::CacheOptions;
 use sluice::keys::guard::GuardOptions;
+use sluice::keys::{KeyOptions, KeyStoreFailureMode, ResolverOptions};
 use sluice::secret::{Secret, redact_url};
+use sluice::service::CallerSource;
 use sluice::store::redis::{RedisOptions, RedisTlsFiles};
 use sluice::store::resilient::{FailureMode, ResilienceOptions};
 use sluice::telemetry::{self, LogFormat};
@@ -225,6 +226,28 @@ impl std::str::FromStr for ListenAddr {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum KeyStoreFailureArg {
+    Deny,
+    Allow,
+    Cached,
+}
+
+/// A header name, lowercased (as HTTP/2 and gRPC metadata spell them).
+fn header_name(s: &str) -> Result<String, String> {
+    let lower = s.to_ascii_lowercase();
+    if lower.is_empty()
+        || !lower
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(format!(
+            "{s:?} is not a header name (letters, digits, '-', '_', '.')"
+        ));
+    }
+    Ok(lower)
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormatArg {
     Json,
     Text,
@@ -397,13 +420,34 @@ struct ServeArgs {
     /// Milliseconds between usage writes (at most 10 s).
     #[arg(long, env = "SLUICE_USAGE_FLUSH_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     usage_flush_interval_ms: u64,
-    /// Failed ValidateKey calls allowed per caller address per minute (0: no limit).
+    /// Failed key validations (ValidateKey and key-aware ShouldRateLimit) allowed per
+    /// caller per minute; past it, keys the cache does not know are not looked up (0: no limit).
     #[arg(
         long,
         env = "SLUICE_FAILED_VALIDATIONS_PER_MINUTE",
         default_value_t = 100
     )]
     failed_validations_per_minute: u32,
+    /// Bound on one key-store lookup in milliseconds (statement and lock timeouts too).
+    #[arg(long, env = "SLUICE_KEY_STORE_TIMEOUT", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    key_store_timeout: u64,
+    /// When the key store cannot look a key up: deny (its descriptor OVER_LIMIT), allow
+    /// (no limit), or cached (the cached entry even past its TTL, else deny).
+    #[arg(
+        long,
+        env = "SLUICE_KEY_STORE_FAILURE_MODE",
+        value_enum,
+        default_value = "cached"
+    )]
+    key_store_failure_mode: KeyStoreFailureArg,
+    /// Request header (gRPC metadata) naming the caller for the failed-validation guard,
+    /// e.g. x-forwarded-for; default: the peer address.
+    #[arg(long, env = "SLUICE_CALLER_ID_HEADER", value_parser = header_name)]
+    caller_id_header: Option<String>,
+    /// Which entry of a comma-separated caller header, counted from the right (1: the
+    /// rightmost, added by the proxy in front of sluice).
+    #[arg(long, env = "SLUICE_CALLER_ID_HOP", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    caller_id_hop: u64,
     /// Admin calls allowed per token subject per minute (0: no limit).
     #[arg(long, env = "SLUICE_ADMIN_CALLS_PER_MINUTE", default_value_t = 600)]
     admin_calls_per_minute: u32,
@@ -617,6 +661,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 admin_calls_per_minute: args.admin_calls_per_minute,
             },
             flush_every: Duration::from_millis(args.usage_flush_interval_ms),
+            resolver: ResolverOptions {
+                timeout: Duration::from_millis(args.key_store_timeout),
+                failure_mode: match args.key_store_failure_mode {
+                    KeyStoreFailureArg::Deny => KeyStoreFailureMode::Deny,
+                    KeyStoreFailureArg::Allow => KeyStoreFailureMode::Allow,
+                    KeyStoreFailureArg::Cached => KeyStoreFailureMode::Cached,
+                },
+                max_connections: args.database_max_connections,
+            },
         },
     };
     let cfg = ServeConfig {
@@ -675,6 +728,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }),
         keys,
+        caller: CallerSource {
+            header: args.caller_id_header,
+            hop: usize::try_from(args.caller_id_hop).unwrap_or(1),
+        },
     };
     let result = runtime.block_on(async move {
         let app = Application::build(cfg).await?;

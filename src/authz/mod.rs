@@ -2,16 +2,20 @@
 //! forward-auth endpoint `/auth` (HTTP) share. A request is read the same
 //! way whichever door it came through ([`request`]): its route settings,
 //! its API key (per the domain's `authz.key_from`), the descriptors its
-//! domain builds; the keyed decision decides the key (scopes, the key's
-//! plan limits and the domain's descriptor limits together, with the
-//! route's cost, usage recorded, the failed-validation guard); and the
+//! domain builds; the keyed decision of [`crate::service::Decider`], the
+//! one `ShouldRateLimit` and `/json` use too, decides the key (resolved by
+//! the shared resolver: cache, single flight, negative cache, key-store
+//! timeout and failure mode, the failed-validation guard keyed on the
+//! client; then scopes, the key's plan limits and the domain's descriptor
+//! limits together, with the route's cost, usage recorded); and the
 //! outcome is shaped as an HTTP answer ([`answer`]): identity headers for
 //! the upstream and the raw key kept from it, or 401/403/429/503 with a
-//! problem+json body.
+//! problem+json body. A key the key store could not check is 503 whatever
+//! `--key-store-failure-mode` says, unless `cached` finds it in the cache.
 //!
-//! May depend on: `engine`, `keys`, `core`, the `store` trait. Knows
-//! nothing of gRPC or HTTP server types; `grpc::authz` and `http::auth`
-//! translate.
+//! May depend on: `service`, `engine` (its types), `keys` (its types),
+//! `core`, the `store` trait. Knows nothing of gRPC or HTTP server types;
+//! `grpc::authz` and `http::auth` translate.
 
 pub mod answer;
 pub mod request;
@@ -21,9 +25,10 @@ use std::sync::{Arc, LazyLock};
 use smallvec::SmallVec;
 
 use crate::core::authz::{AuthzRule, KeySource};
-use crate::core::rules::Entry;
-use crate::engine::{Code, DecideError, Descriptor, Engine, HeaderMode, Request, Subject};
-use crate::keys::{KeyError, Resolver, Verdict};
+use crate::core::rules::{Entry, OnInvalid};
+use crate::engine::{Code, DecideError, Descriptor, HeaderMode, Request};
+use crate::keys::Verdict;
+use crate::service::{Decider, KeyOutcome, KeyPolicy, KeySlot};
 use crate::store::CounterStore;
 
 pub use answer::{Allowed, Answer, Denied, IdentityHeaders, Outcome};
@@ -61,18 +66,13 @@ impl Default for GateOptions {
 /// Authorizes gateway requests.
 #[derive(Debug)]
 pub struct Gate<S> {
-    engine: Arc<Engine<S>>,
-    keys: Arc<Resolver<S>>,
+    decider: Arc<Decider<S>>,
     options: GateOptions,
 }
 
 impl<S: CounterStore> Gate<S> {
-    pub fn new(engine: Arc<Engine<S>>, keys: Arc<Resolver<S>>, options: GateOptions) -> Gate<S> {
-        Gate {
-            engine,
-            keys,
-            options,
-        }
+    pub fn new(decider: Arc<Decider<S>>, options: GateOptions) -> Gate<S> {
+        Gate { decider, options }
     }
 
     pub fn options(&self) -> &GateOptions {
@@ -83,7 +83,7 @@ impl<S: CounterStore> Gate<S> {
     /// problem (a bad route setting, a store that cannot answer) is a
     /// deliberate denial or the configured failure mode.
     pub async fn check<H: Headers>(&self, req: &GateRequest<'_, H>) -> Answer {
-        let rules = self.engine.rules();
+        let rules = self.decider.engine().rules();
         let domain_name = req
             .route
             .domain
@@ -158,86 +158,83 @@ impl<S: CounterStore> Gate<S> {
         descriptors: &[Vec<(&str, &str)>],
         caller: Option<&str>,
     ) -> Outcome {
-        let guard = self.keys.guard();
+        let Some(keys) = self.decider.keys() else {
+            return Outcome::KeyStoreUnavailable;
+        };
         if let Some(c) = caller
-            && guard.failures_exhausted(c)
+            && keys.guard().failures_exhausted(c)
         {
             return Outcome::TooManyFailures;
         }
-        let resolution = match self.keys.resolve(secret).await {
-            Ok(r) => r,
-            // An over-long key is just not a key.
-            Err(KeyError::Invalid { .. }) => crate::keys::Resolution {
-                verdict: Verdict::NotFound,
-                key: None,
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "authz: the key store could not answer");
-                return Outcome::KeyStoreUnavailable;
-            }
+        let mut req = Request {
+            domain,
+            descriptors: SmallVec::with_capacity(1 + descriptors.len()),
+            hits_addend: 0,
+            header_mode: Some(self.options.response_headers),
         };
-        let key = match (resolution.verdict, resolution.key) {
-            (Verdict::Valid, Some(k)) => k,
-            (v, _) => {
-                if let Some(c) = caller {
-                    guard.record_failure(c);
-                }
-                return Outcome::Invalid(v);
-            }
-        };
-        let missing: Vec<String> = scopes
-            .iter()
-            .filter(|s| !key.key.scopes.contains(s))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            return Outcome::MissingScopes(missing);
-        }
-        let now = self.keys.now();
-        let limits = self.keys.limits_at(&key, now);
-        let label = format!("api_key.plan_{}", key.plan.name);
-        let decided = {
-            let mut req = Request {
-                domain,
-                descriptors: SmallVec::with_capacity(1 + descriptors.len()),
-                hits_addend: 0,
-                header_mode: Some(self.options.response_headers),
-            };
+        // The key's own descriptor: decided on its limits only.
+        req.descriptors.push(Descriptor {
+            entries: [Entry {
+                key: "api_key",
+                value: "",
+            }]
+            .into_iter()
+            .collect(),
+            hits_addend: Some(cost),
+            ..Descriptor::default()
+        });
+        for d in descriptors {
             req.descriptors.push(Descriptor {
-                entries: [Entry {
-                    key: "api_key",
-                    value: "",
-                }]
-                .into_iter()
-                .collect(),
+                entries: d.iter().map(|&(key, value)| Entry { key, value }).collect(),
                 hits_addend: Some(cost),
-                subject: Some(Subject {
-                    counter_key: &key.counter_key,
-                    limits: &limits,
-                    label: &label,
-                }),
                 ..Descriptor::default()
             });
-            for d in descriptors {
-                req.descriptors.push(Descriptor {
-                    entries: d.iter().map(|&(key, value)| Entry { key, value }).collect(),
-                    hits_addend: Some(cost),
-                    ..Descriptor::default()
-                });
-            }
-            self.engine.decide(&req).await
+        }
+        let slots = [KeySlot {
+            index: 0,
+            secret,
+            required_scopes: scopes,
+        }];
+        let policy = KeyPolicy {
+            on_invalid: OnInvalid::Deny,
+            label: "api_key",
+            whole_request: true,
         };
-        let decision = match decided {
-            Ok(d) => d,
+        let answer = match self
+            .decider
+            .decide_with_keys(req, &slots, policy, caller)
+            .await
+        {
+            Ok(a) => a,
             Err(DecideError::Invalid(e)) => return Outcome::BadRequest(e.to_string()),
             Err(e) => {
                 tracing::warn!(error = %e, "authz: the request could not be decided");
                 return Outcome::CounterStoreUnavailable;
             }
         };
+        let Some(report) = answer.keys.into_iter().next() else {
+            return Outcome::KeyStoreUnavailable;
+        };
+        let key = match (report.outcome, report.key) {
+            (KeyOutcome::Valid, Some(k)) => k,
+            (KeyOutcome::Invalid(Verdict::InsufficientScope), Some(k)) => {
+                let missing = scopes
+                    .iter()
+                    .filter(|s| !k.key.scopes.contains(s))
+                    .cloned()
+                    .collect();
+                return Outcome::MissingScopes(missing);
+            }
+            (KeyOutcome::Invalid(v), _) => return Outcome::Invalid(v),
+            (KeyOutcome::Valid, None) => return Outcome::Invalid(Verdict::NotFound),
+            (KeyOutcome::StoreUnavailable, _) => {
+                tracing::warn!("authz: the key store could not answer");
+                return Outcome::KeyStoreUnavailable;
+            }
+        };
+        let decision = answer.decision;
+        let limits = keys.limits_at(&key, keys.now());
         let key_status = decision.statuses.first();
-        let admitted = decision.overall == Code::Ok;
-        self.keys.record_decision(&key.key.id, admitted);
         // The quota is the last limit, and the one reported when it refuses
         // (a refusing limit that resets last is reported).
         let quota_exhausted = match (key.plan.quota, key_status, limits.last()) {

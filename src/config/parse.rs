@@ -17,7 +17,7 @@ use crate::core::unit::Unit;
 use crate::core::wildcard::Wildcard;
 
 const TOP_KEYS: &[&str] = &["domain", "descriptors", "api_key", "authz"];
-const API_KEY_KEYS: &[&str] = &["descriptor_key", "on_invalid"];
+const API_KEY_KEYS: &[&str] = &["descriptor_key", "on_invalid", "caller_entry"];
 const NODE_KEYS: &[&str] = &[
     "key",
     "value",
@@ -222,7 +222,7 @@ pub fn parse_domain(
     }
 }
 
-/// `api_key: {descriptor_key: x-api-key, on_invalid: deny}`.
+/// `api_key: {descriptor_key: x-api-key, on_invalid: deny, caller_entry: remote_address}`.
 fn parse_api_key(ctx: &mut Ctx<'_>, v: Option<&Value>) -> Option<ApiKeyRule> {
     let map = match v? {
         Value::Null => return None,
@@ -259,9 +259,14 @@ fn parse_api_key(ctx: &mut Ctx<'_>, v: Option<&Value>) -> Option<ApiKeyRule> {
             OnInvalid::Deny
         }
     };
+    let caller_entry = ctx.string("api_key", "caller_entry", map.get("caller_entry"));
+    if caller_entry.as_deref().is_some_and(str::is_empty) {
+        ctx.err("api_key.caller_entry", "must not be empty when set");
+    }
     (!key.is_empty()).then(|| ApiKeyRule {
         descriptor_key: key.into(),
         on_invalid,
+        caller_entry: caller_entry.filter(|c| !c.is_empty()).map(Into::into),
     })
 }
 

@@ -1945,3 +1945,41 @@ proptest! {
         load_never_panics(docs.iter().map(to_yaml).collect(), merge)?;
     }
 }
+
+#[test]
+fn api_key_rules_name_the_key_and_the_caller_entries() {
+    let rules = load_ok(
+        "
+        domain: gw
+        api_key: {descriptor_key: x-api-key, on_invalid: allow, caller_entry: remote_address}
+        descriptors: []
+        ",
+    );
+    assert!(rules.has_api_keys());
+    let rule = rules.domain("gw").unwrap().api_key.clone().unwrap();
+    assert_eq!(&*rule.descriptor_key, "x-api-key");
+    assert_eq!(rule.on_invalid, crate::core::rules::OnInvalid::Allow);
+    assert_eq!(rule.caller_entry.as_deref(), Some("remote_address"));
+    let plain = load_ok("domain: plain\ndescriptors: []\n");
+    assert!(!plain.has_api_keys());
+
+    let e = only_error(
+        "
+        domain: gw
+        api_key: {descriptor_key: x-api-key, caller_entry: ''}
+        ",
+    );
+    assert_error(
+        &e,
+        "bad.yaml",
+        &["api_key.caller_entry"],
+        "must not be empty",
+    );
+    let e = only_error(
+        "
+        domain: gw
+        api_key: {descriptor_key: x-api-key, caller: ip}
+        ",
+    );
+    assert_error(&e, "bad.yaml", &["api_key"], "caller");
+}

@@ -237,6 +237,10 @@ pub struct Domain {
 pub struct ApiKeyRule {
     pub descriptor_key: Arc<str>,
     pub on_invalid: OnInvalid,
+    /// The descriptor entry whose value identifies the caller for the
+    /// failed-validation guard (e.g. `remote_address`); `None`: what the
+    /// transport says (a configured header, else the peer address).
+    pub caller_entry: Option<Arc<str>>,
 }
 
 /// What a descriptor with an invalid (unknown, disabled, expired,
@@ -280,16 +284,27 @@ impl Domain {
 #[derive(Debug, Default)]
 pub struct RuleSet {
     domains: Map<Box<str>, Domain>,
+    /// Some domain has an `api_key` rule (the key-free path checks this
+    /// one flag and nothing else).
+    has_api_keys: bool,
 }
 
 impl RuleSet {
     pub fn new(domains: impl IntoIterator<Item = Domain>) -> RuleSet {
+        let domains: Map<Box<str>, Domain> = domains
+            .into_iter()
+            .map(|d| (Box::from(&*d.name), d))
+            .collect();
+        let has_api_keys = domains.values().any(|d| d.api_key.is_some());
         RuleSet {
-            domains: domains
-                .into_iter()
-                .map(|d| (Box::from(&*d.name), d))
-                .collect(),
+            domains,
+            has_api_keys,
         }
+    }
+
+    /// Whether any domain has an `api_key` rule.
+    pub const fn has_api_keys(&self) -> bool {
+        self.has_api_keys
     }
 
     pub fn domain(&self, name: &str) -> Option<&Domain> {

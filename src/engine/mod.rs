@@ -26,7 +26,7 @@ use smallvec::SmallVec;
 use crate::core::algorithm::{Fallback, whole_seconds};
 use crate::core::key::{self, Part};
 use crate::core::limit::{Algorithm, ChargePolicy, LimitSpec};
-use crate::core::rules::{Match, NodeValue, Rule, RuleLimits, RuleSet};
+use crate::core::rules::{ApiKeyRule, Match, NodeValue, Rule, RuleLimits, RuleSet};
 use crate::core::stats::RuleStats;
 use crate::store::{Check, CounterStore, StoreError};
 
@@ -184,6 +184,24 @@ impl<S: CounterStore> Engine<S> {
     /// Stats of request-supplied limits beyond the metric-key cap.
     pub fn override_stats(&self) -> &RuleStats {
         &self.override_stats
+    }
+
+    /// The API-key rule of `domain`, if it has one. A configuration
+    /// without any costs one flag read.
+    pub fn key_rule(&self, domain: &str) -> Option<ApiKeyRule> {
+        let rules = self.rules.load();
+        if !rules.has_api_keys() {
+            return None;
+        }
+        rules.domain(domain)?.api_key.clone()
+    }
+
+    /// Checks a request against the configured bounds and shapes.
+    ///
+    /// # Errors
+    /// The first problem, naming the field and the bound.
+    pub fn validate(&self, req: &Request<'_>) -> Result<(), InvalidRequest> {
+        validate::validate(req, &self.settings.request_limits)
     }
 
     /// Decides a request.
@@ -415,7 +433,7 @@ impl<S: CounterStore> Engine<S> {
     fn subject_plan<'r>(
         &self,
         domain: &str,
-        s: &Subject<'_>,
+        s: &Subject,
         hits: u64,
         keys: &mut key::KeyBuf,
     ) -> Plan<'r> {
@@ -423,7 +441,7 @@ impl<S: CounterStore> Engine<S> {
             return Plan::None;
         }
         let start = keys.len();
-        keys.extend_from_slice(s.counter_key);
+        keys.extend_from_slice(&s.counter_key);
         let stats_key = format!("{domain}.{}", s.label);
         let stats = self
             .dynamic_stats

@@ -33,18 +33,19 @@ pub struct Descriptor<'a> {
     pub hits_addend: Option<u64>,
     /// Limits that come with the caller (an API key's plan), replacing
     /// the rule tree for this descriptor.
-    pub subject: Option<Subject<'a>>,
+    pub subject: Option<Subject>,
 }
 
-/// A caller's own limits, counted under its own key.
-#[derive(Clone, Copy, Debug)]
-pub struct Subject<'a> {
+/// A caller's own limits, counted under its own key. Owned, so a service
+/// can attach it to a request it did not build.
+#[derive(Clone, Debug, Default)]
+pub struct Subject {
     /// A complete counter key (see [`crate::core::key`]).
-    pub counter_key: &'a [u8],
+    pub counter_key: Arc<[u8]>,
     /// Charged all or nothing; empty: no limit at all.
-    pub limits: &'a [LimitSpec],
+    pub limits: SmallVec<[LimitSpec; 4]>,
     /// The metric key suffix, e.g. `api_key.pro`.
-    pub label: &'a str,
+    pub label: String,
 }
 
 /// A limit given in the request.

@@ -753,12 +753,12 @@ async fn draft03_headers_describe_the_tightest_descriptor() {
 }
 
 /// A descriptor carrying an API key's limits.
-fn subject<'a>(limits: &'a [LimitSpec]) -> Descriptor<'a> {
+fn subject(limits: &[LimitSpec]) -> Descriptor<'static> {
     Descriptor {
         subject: Some(Subject {
-            counter_key: b"key-counter",
-            limits,
-            label: "api_key.test",
+            counter_key: Arc::from(&b"key-counter"[..]),
+            limits: limits.iter().copied().collect(),
+            label: "api_key.test".into(),
         }),
         ..one("api_key", "k")
     }

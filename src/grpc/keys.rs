@@ -9,6 +9,7 @@ use super::pb::sluice::v1 as pb;
 use super::pb::sluice::v1::key_service_server::KeyService;
 use super::status::key_status;
 use crate::keys::{LimitReport, Resolver, Verdict};
+use crate::service::CallerSource;
 use crate::store::CounterStore;
 use crate::telemetry::metrics::Metrics;
 
@@ -17,11 +18,16 @@ use crate::telemetry::metrics::Metrics;
 pub struct KeyGrpc<S> {
     keys: Arc<Resolver<S>>,
     metrics: Arc<Metrics>,
+    caller: Arc<CallerSource>,
 }
 
 impl<S> KeyGrpc<S> {
-    pub fn new(keys: Arc<Resolver<S>>, metrics: Arc<Metrics>) -> Self {
-        KeyGrpc { keys, metrics }
+    pub fn new(keys: Arc<Resolver<S>>, metrics: Arc<Metrics>, caller: Arc<CallerSource>) -> Self {
+        KeyGrpc {
+            keys,
+            metrics,
+            caller,
+        }
     }
 
     fn count(&self, code: &'static str) {
@@ -61,7 +67,9 @@ impl<S: CounterStore> KeyService for KeyGrpc<S> {
         &self,
         request: Request<pb::ValidateKeyRequest>,
     ) -> Result<Response<pb::ValidateKeyResponse>, Status> {
-        let caller = request.remote_addr().map(|a| a.ip().to_string());
+        // Behind a proxy the peer is the proxy: a configured header
+        // names the caller instead.
+        let caller = super::rls::caller_id(&self.caller, &request);
         let msg = request.into_inner();
         let v = self
             .keys

@@ -1,10 +1,12 @@
-//! gRPC: the rate-limit service, ValidateKey, Envoy's ext_authz `Check`,
-//! the admin API, health and reflection. The only module (with `http`)
-//! that sees generated protocol types; it translates them to engine,
-//! keys and gateway types and back, and nothing else.
+//! gRPC: `ShouldRateLimit` ([`rls`]), `ValidateKey` ([`keys`]), Envoy's
+//! ext_authz `Check` ([`authz`]) and the admin API ([`admin`]); health and
+//! reflection are wired in `app`. The only module (with `http`) that sees
+//! generated protocol types: it translates them to the types of
+//! `service`, `authz`, `keys` and `engine` and back ([`convert`],
+//! [`status`]), and decides nothing itself.
 //!
-//! May depend on: `engine`, `keys`, `auth`, `authz`, `store` (the trait),
-//! `telemetry`.
+//! May depend on: `service`, `authz`, `engine` (its types), `keys`,
+//! `auth`, `store` (the trait), `telemetry`.
 
 pub mod admin;
 pub mod authz;

@@ -2,27 +2,34 @@
 //! takes a protojson `RateLimitRequest` and answers a protojson
 //! `RateLimitResponse` (200 OK, 429 over limit, 400 bad input), as
 //! envoyproxy/ratelimit offers, and forward auth on `/auth` ([`auth`]).
+//! `/json` asks the same keyed-decision service as gRPC's ShouldRateLimit
+//! ([`crate::service::Decider`]), so API keys count the same way; `/auth`
+//! asks the gateway's [`Gate`], which decides through that service too.
 //!
-//! May depend on: `engine`, `authz`, `grpc::{pb, convert}` (the protocol
-//! types), `shutdown` (readiness), `telemetry`.
+//! May depend on: `service`, `engine` (its types), `authz`, `grpc::{pb,
+//! convert, rls::answer_response}` (the protocol types), `shutdown`
+//! (readiness), `telemetry`.
 
 pub mod auth;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 
 use crate::authz::Gate;
-use crate::engine::{Code, DecideError, Engine};
+use crate::engine::{Code, DecideError};
 use crate::grpc::convert;
 use crate::grpc::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use crate::grpc::rls::answer_response;
+use crate::service::{CallerSource, Decider};
 use crate::shutdown::Shutdown;
 use crate::store::CounterStore;
 use crate::telemetry::metrics::{self, Metrics, Outcome};
@@ -30,7 +37,9 @@ use crate::telemetry::metrics::{self, Metrics, Outcome};
 /// What the handlers share.
 #[derive(Debug)]
 pub struct HttpState<S> {
-    pub engine: Arc<Engine<S>>,
+    pub decider: Arc<Decider<S>>,
+    /// Who is calling `/json`: a configured header, else the peer.
+    pub caller: Arc<CallerSource>,
     /// Forward auth (`/auth`).
     pub gate: Arc<Gate<S>>,
     pub metrics: Arc<Metrics>,
@@ -60,20 +69,38 @@ async fn readyz<S: CounterStore>(State(st): State<Arc<HttpState<S>>>) -> Respons
         (StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded\n").into_response()
     } else {
         // A shared store that is down does not make sluice unready: the
-        // failure mode answers for it (see `store::resilient`).
-        let store = st.engine.store().health();
-        match (store.ready, store.degraded) {
-            (false, _) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "counter store unreachable\n",
-            )
-                .into_response(),
-            (true, true) => (
+        // failure mode answers for it (see `store::resilient`); the same
+        // holds for the key store (`--key-store-failure-mode`).
+        let store = st.decider.engine().store().health();
+        let keys = st.decider.key_store_health();
+        let mut problems = Vec::new();
+        if store.degraded {
+            problems.push(
+                "the counter store is not deciding every check; the failure mode answers for it",
+            );
+        }
+        if keys.degraded {
+            problems.push("key store unreachable; --key-store-failure-mode answers for it");
+        }
+        match (store.ready && keys.ready, problems.is_empty()) {
+            (false, _) => {
+                let what = if store.ready {
+                    "key store"
+                } else {
+                    "counter store"
+                };
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{what} unreachable\n"),
+                )
+                    .into_response()
+            }
+            (true, false) => (
                 StatusCode::OK,
-                "ready (degraded: the counter store is not deciding every check; the failure mode answers for it)\n",
+                format!("ready (degraded: {})\n", problems.join("; ")),
             )
                 .into_response(),
-            (true, false) => (StatusCode::OK, "ready\n").into_response(),
+            (true, true) => (StatusCode::OK, "ready\n").into_response(),
         }
     }
 }
@@ -93,7 +120,12 @@ fn json_error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-async fn json<S: CounterStore>(State(st): State<Arc<HttpState<S>>>, body: Bytes) -> Response {
+async fn json<S: CounterStore>(
+    State(st): State<Arc<HttpState<S>>>,
+    extensions: Extensions,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
     let msg: RateLimitRequest = match serde_json::from_slice(&body) {
         Ok(m) => m,
@@ -105,14 +137,29 @@ async fn json<S: CounterStore>(State(st): State<Arc<HttpState<S>>>, body: Bytes)
             );
         }
     };
-    match st.engine.decide(&convert::request(&msg)).await {
-        Ok(decision) => {
-            let (status, outcome) = match decision.overall {
+    let caller = || {
+        let header = st
+            .caller
+            .header()
+            .and_then(|h| headers.get(h))
+            .map(|v| v.as_bytes());
+        let peer = extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        st.caller.caller_id(header, peer)
+    };
+    match st
+        .decider
+        .should_rate_limit(convert::request(&msg), caller)
+        .await
+    {
+        Ok(answer) => {
+            let (status, outcome) = match answer.decision.overall {
                 Code::Ok => (StatusCode::OK, Outcome::Ok),
                 Code::OverLimit => (StatusCode::TOO_MANY_REQUESTS, Outcome::OverLimit),
             };
             st.metrics.record_rpc(started, outcome);
-            (status, axum::Json(convert::response(decision))).into_response()
+            (status, axum::Json(answer_response(answer))).into_response()
         }
         Err(DecideError::Invalid(e)) => {
             st.metrics.record_rpc(started, Outcome::Error);

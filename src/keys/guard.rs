@@ -1,6 +1,8 @@
 //! sluice's own protection, decided by the same counting code as every
-//! other limit (a private in-memory store): failed `ValidateKey` attempts
-//! per caller address, and admin calls per token subject.
+//! other limit (a private in-memory store): failed key validations per
+//! caller (`ValidateKey` and key-aware `ShouldRateLimit` alike; who the
+//! caller is, the transports and [`crate::service`] say), and admin calls
+//! per token subject.
 
 use std::sync::Arc;
 
@@ -64,6 +66,16 @@ impl AbuseGuard {
         outcome.verdicts.first().is_some_and(|v| v.remaining == 0)
     }
 
+    /// How many more failures `caller` may have this minute
+    /// (`u64::MAX` when the guard is off).
+    pub fn failures_left(&self, caller: &str) -> u64 {
+        let Some(limits) = &self.failures else {
+            return u64::MAX;
+        };
+        let outcome = self.charge(b"validate-failures", caller, limits, 0);
+        outcome.verdicts.first().map_or(0, |v| v.remaining)
+    }
+
     /// Counts one failed validation of `caller`.
     pub fn record_failure(&self, caller: &str) {
         if let Some(limits) = &self.failures {
@@ -119,7 +131,9 @@ mod tests {
             g.record_failure("10.0.0.1");
         }
         assert!(g.failures_exhausted("10.0.0.1"));
+        assert_eq!(g.failures_left("10.0.0.1"), 0);
         assert!(!g.failures_exhausted("10.0.0.2"));
+        assert_eq!(g.failures_left("10.0.0.2"), 3);
         assert!(g.admit_admin("ops"));
         assert!(g.admit_admin("ops"));
         assert!(!g.admit_admin("ops"));

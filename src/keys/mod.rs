@@ -43,7 +43,9 @@ use crate::engine::Engine;
 use crate::store::{CounterStore, StoreError};
 
 pub use admin::KeyAdmin;
-pub use resolver::{Resolver, quota_period};
+pub use resolver::{
+    KeyStoreFailureMode, Resolver, ResolverOptions, Source, Standing, quota_period,
+};
 pub use usage::UsageFlusher;
 
 use cache::{CacheOptions, KeyCache};
@@ -194,6 +196,7 @@ pub struct PlanDraft {
 pub struct KeyOptions {
     pub cache: CacheOptions,
     pub guard: GuardOptions,
+    pub resolver: ResolverOptions,
     /// How often usage is written.
     pub flush_every: Duration,
 }
@@ -203,6 +206,7 @@ impl Default for KeyOptions {
         KeyOptions {
             cache: CacheOptions::default(),
             guard: GuardOptions::default(),
+            resolver: ResolverOptions::default(),
             flush_every: Duration::from_secs(10),
         }
     }
@@ -239,12 +243,13 @@ impl<S: CounterStore> KeyParts<S> {
         let guard = Arc::new(AbuseGuard::new(options.guard));
         KeyParts {
             resolver: Arc::new(Resolver::new(
-                repo.clone(),
+                repo.lookups(options.resolver.max_connections, options.resolver.timeout),
                 hasher.clone(),
                 cache.clone(),
                 usage.clone(),
                 guard.clone(),
                 engine,
+                options.resolver,
             )),
             admin: Arc::new(KeyAdmin::new(
                 repo.clone(),

@@ -189,14 +189,14 @@ pub struct ResolvedKey {
     pub specs: Arc<[LimitSpec]>,
     /// The counter key every limit of this key is counted under, in
     /// ShouldRateLimit and ValidateKey alike.
-    pub counter_key: Vec<u8>,
+    pub counter_key: Arc<[u8]>,
 }
 
 impl ResolvedKey {
     pub fn new(key: ApiKey, plan: Plan, secret_expires_at: Option<Millis>) -> ResolvedKey {
         let limits = key.limits.clone().unwrap_or_else(|| plan.limits.clone());
         let specs: Arc<[LimitSpec]> = limits.iter().enumerate().map(|(i, l)| l.spec(i)).collect();
-        let counter_key = counter_key(&key.id);
+        let counter_key = counter_key(&key.id).into();
         ResolvedKey {
             key,
             plan,

@@ -1,18 +1,34 @@
-//! The request path of API keys: a secret → its key (cache first, the
-//! key store on a miss), the limits in force, `ValidateKey`'s charge
-//! against them, and the usage each decision adds.
+//! The request path of API keys: secrets → keys (cache first, the key
+//! store on a miss), the limits in force, `ValidateKey`'s charge against
+//! them, and the usage each decision adds.
 //!
 //! Holds the hasher, the cache, a counter-store handle (the engine's
 //! store, so a key has one budget in `ValidateKey` and `ShouldRateLimit`)
 //! and the shared usage recorder and failed-validation guard. Admin
 //! changes live in [`super::admin`], writing usage in [`super::usage`].
 //!
+//! Bounded work per request, whatever the caller sends:
+//! * a malformed secret (too long, characters no key has) is an unknown
+//!   key, answered without hashing or a lookup;
+//! * a caller past its failed-validation allowance gets no lookups, only
+//!   what the cache already knows;
+//! * the misses of one request are looked up concurrently, and concurrent
+//!   misses of one secret share one lookup ([`Flights`]);
+//! * every lookup is bounded by the key-store timeout (on its own pool,
+//!   [`Repository::lookups`]); when the store cannot answer, the
+//!   [`KeyStoreFailureMode`] says what the request gets.
+//!
 //! May depend on: `core`, the `store` trait, `engine`, and the rest of
 //! `keys`. Knows nothing of gRPC.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
+use parking_lot::Mutex;
 use smallvec::SmallVec;
+use tokio::sync::OnceCell;
 
 use super::cache::{Cached, KeyCache};
 use super::guard::AbuseGuard;
@@ -25,7 +41,130 @@ use crate::core::algorithm::whole_seconds;
 use crate::core::clock::SystemClock;
 use crate::core::limit::{Algorithm, ChargePolicy, LimitSpec};
 use crate::engine::Engine;
-use crate::store::{Check, CounterStore};
+use crate::store::{Check, CounterStore, StoreHealth};
+
+/// What a request gets for a key the key store could not look up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyStoreFailureMode {
+    /// The key's descriptor is over the limit.
+    Deny,
+    /// The key's descriptor has no limit.
+    Allow,
+    /// The cached entry, even past its TTL, when there is one; else deny.
+    #[default]
+    Cached,
+}
+
+impl KeyStoreFailureMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeyStoreFailureMode::Deny => "deny",
+            KeyStoreFailureMode::Allow => "allow",
+            KeyStoreFailureMode::Cached => "cached",
+        }
+    }
+}
+
+/// The resolver's bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct ResolverOptions {
+    /// Bound on one key-store lookup (connection wait included).
+    pub timeout: Duration,
+    pub failure_mode: KeyStoreFailureMode,
+    /// Connections of the lookup pool.
+    pub max_connections: u32,
+}
+
+impl Default for ResolverOptions {
+    fn default() -> Self {
+        ResolverOptions {
+            timeout: Duration::from_millis(100),
+            failure_mode: KeyStoreFailureMode::Cached,
+            max_connections: 10,
+        }
+    }
+}
+
+/// How a secret's standing was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A fresh cache entry.
+    Cache,
+    /// A key-store lookup (this request's or a concurrent one's).
+    Store,
+    /// A cache entry past its TTL: the store failed (`cached` mode).
+    Stale,
+    /// Not a well-formed key: no lookup.
+    Malformed,
+    /// The caller is past its failed-validation allowance: no lookup.
+    Refused,
+}
+
+/// Where one secret of a request stands.
+#[derive(Clone, Debug)]
+pub enum Standing {
+    Resolved {
+        resolution: Resolution,
+        source: Source,
+    },
+    /// The key store could not answer and the failure mode found nothing
+    /// to answer from: the caller applies [`Resolver::failure_mode`].
+    Unavailable,
+}
+
+/// Why one lookup failed; shared by every request waiting on it.
+#[derive(Clone, Debug, thiserror::Error)]
+enum LookupError {
+    #[error("key store did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Store(Arc<str>),
+}
+
+/// Counters about the key store, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct KeyStoreStats {
+    /// Lookups sent to the key store.
+    pub lookups: AtomicU64,
+    /// Misses answered by another request's lookup of the same secret.
+    pub shared: AtomicU64,
+    /// Lookups that failed or timed out.
+    pub failures: AtomicU64,
+    /// Misses not looked up because the caller failed too often.
+    pub refused: AtomicU64,
+    /// Keys answered by the failure mode, by answer.
+    pub degraded_cached: AtomicU64,
+    pub degraded_deny: AtomicU64,
+    pub degraded_allow: AtomicU64,
+}
+
+/// One lookup in flight per secret hash: concurrent misses of a secret
+/// wait for the first one's answer instead of querying again.
+#[derive(Debug, Default)]
+struct Flights {
+    map: Mutex<HashMap<String, Flight>>,
+}
+
+type Flight = Arc<OnceCell<Result<Cached, LookupError>>>;
+
+/// Takes a finished (or abandoned) flight off the board.
+struct Landing<'a> {
+    flights: &'a Flights,
+    hash: &'a str,
+    cell: Flight,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        let mut map = self.flights.map.lock();
+        if map
+            .get(self.hash)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
+        {
+            map.remove(self.hash);
+        }
+    }
+}
 
 /// Resolves keys and charges their limits.
 #[derive(Debug)]
@@ -37,9 +176,15 @@ pub struct Resolver<S> {
     guard: Arc<AbuseGuard>,
     engine: Arc<Engine<S>>,
     clock: SystemClock,
+    options: ResolverOptions,
+    flights: Flights,
+    stats: KeyStoreStats,
+    /// The last lookup failed; cleared by a good lookup or [`Resolver::probe`].
+    failing: AtomicBool,
 }
 
 impl<S: CounterStore> Resolver<S> {
+    /// `repo` should be a lookup pool ([`Repository::lookups`]).
     pub fn new(
         repo: Repository,
         hasher: KeyHasher,
@@ -47,6 +192,7 @@ impl<S: CounterStore> Resolver<S> {
         usage: Arc<UsageRecorder>,
         guard: Arc<AbuseGuard>,
         engine: Arc<Engine<S>>,
+        options: ResolverOptions,
     ) -> Resolver<S> {
         Resolver {
             repo,
@@ -56,6 +202,10 @@ impl<S: CounterStore> Resolver<S> {
             guard,
             engine,
             clock: SystemClock::default(),
+            options,
+            flights: Flights::default(),
+            stats: KeyStoreStats::default(),
+            failing: AtomicBool::new(false),
         }
     }
 
@@ -71,54 +221,127 @@ impl<S: CounterStore> Resolver<S> {
         now_ms(&self.clock)
     }
 
-    /// Looks a key up by its full secret (cache first) and says where it
-    /// stands now, before scopes and limits.
-    ///
-    /// # Errors
-    /// [`KeyError::Invalid`] for an over-long key; [`KeyError::Unavailable`]
-    /// when the key store cannot answer a cache miss.
-    pub async fn resolve(&self, secret: &str) -> Result<Resolution, KeyError> {
-        if secret.len() > validate::MAX_KEY_LEN {
-            return Err(KeyError::Invalid {
-                field: "key".into(),
-                problem: format!(
-                    "has {} bytes; at most {} are allowed",
-                    secret.len(),
-                    validate::MAX_KEY_LEN
-                ),
-            });
+    pub const fn failure_mode(&self) -> KeyStoreFailureMode {
+        self.options.failure_mode
+    }
+
+    pub fn stats(&self) -> &KeyStoreStats {
+        &self.stats
+    }
+
+    /// Whether key lookups are being answered: like the counter store's,
+    /// always ready (the failure mode answers while the key store fails:
+    /// taking every replica out of rotation would let a proxy that fails
+    /// open skip every limit), degraded while lookups fail.
+    pub fn health(&self) -> StoreHealth {
+        StoreHealth {
+            ready: true,
+            degraded: self.failing.load(Relaxed),
         }
-        // Every key, known or not, costs one keyed hash and one lookup, so
-        // timing says nothing about which keys exist.
-        let hash = self.hasher.hash(secret);
-        let found = match self.cache.get(&hash) {
-            Some(c) => c,
-            None => {
-                let c = match self.repo.find_by_hash(&hash).await? {
+    }
+
+    /// While lookups fail, runs the lookup query once (for a hash no key
+    /// has, bounded by the timeout), so health recovers without traffic.
+    pub async fn probe(&self) {
+        if !self.failing.load(Relaxed) {
+            return;
+        }
+        let answered = tokio::time::timeout(self.options.timeout, self.repo.find_by_hash("probe"))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if answered {
+            self.store_answered();
+        }
+    }
+
+    fn store_answered(&self) {
+        if self.failing.swap(false, Relaxed) {
+            tracing::info!("key store answers again");
+        }
+    }
+
+    fn store_failed(&self, e: &LookupError) {
+        self.stats.failures.fetch_add(1, Relaxed);
+        if !self.failing.swap(true, Relaxed) {
+            tracing::warn!(
+                error = %e,
+                failure_mode = self.options.failure_mode.as_str(),
+                "key store lookups fail; answering keys by the failure mode until it recovers"
+            );
+        } else {
+            tracing::debug!(error = %e, "key store lookup failed");
+        }
+    }
+
+    /// The hash of a well-formed secret; `None` for one no key can have.
+    fn hash_of(&self, secret: &str) -> Option<String> {
+        validate::key_shape(secret).then(|| self.hasher.hash(secret))
+    }
+
+    /// One key-store lookup of `hash`, shared with concurrent callers of
+    /// the same hash, bounded by the timeout; the answer is cached.
+    async fn lookup(&self, hash: &str) -> Result<Cached, LookupError> {
+        let (cell, shared) = {
+            let mut map = self.flights.map.lock();
+            match map.get(hash) {
+                Some(c) => (c.clone(), true),
+                None => {
+                    let c = Flight::default();
+                    map.insert(hash.to_string(), c.clone());
+                    (c, false)
+                }
+            }
+        };
+        if shared {
+            self.stats.shared.fetch_add(1, Relaxed);
+        }
+        let landing = Landing {
+            flights: &self.flights,
+            hash,
+            cell,
+        };
+        landing.cell.get_or_init(|| self.query(hash)).await.clone()
+    }
+
+    async fn query(&self, hash: &str) -> Result<Cached, LookupError> {
+        self.stats.lookups.fetch_add(1, Relaxed);
+        let answer =
+            match tokio::time::timeout(self.options.timeout, self.repo.find_by_hash(hash)).await {
+                Err(_) => Err(LookupError::Timeout(self.options.timeout)),
+                Ok(Err(e)) => Err(LookupError::Store(e.to_string().into())),
+                Ok(Ok(found)) => Ok(match found {
                     Some(f) => Cached::Found(Arc::new(ResolvedKey::new(
                         f.key,
                         f.plan,
                         f.secret_expires_at,
                     ))),
                     None => Cached::Missing,
-                };
-                self.cache.insert(hash, c.clone());
-                c
+                }),
+            };
+        match &answer {
+            Ok(c) => {
+                self.cache.insert(hash.to_string(), c.clone(), self.now());
+                self.store_answered();
             }
-        };
+            Err(e) => self.store_failed(e),
+        }
+        answer
+    }
+
+    /// Where a cached or looked-up entry stands at `now`.
+    fn standing(found: Cached, now: Millis) -> Resolution {
         let Cached::Found(key) = found else {
-            return Ok(Resolution {
+            return Resolution {
                 verdict: Verdict::NotFound,
                 key: None,
-            });
+            };
         };
-        let now = self.now();
         if key.secret_expires_at.is_some_and(|e| e <= now) {
             // A rotated-out secret past its grace identifies nothing.
-            return Ok(Resolution {
+            return Resolution {
                 verdict: Verdict::NotFound,
                 key: None,
-            });
+            };
         }
         let verdict = match key.key.state(now) {
             model::KeyState::Active => Verdict::Valid,
@@ -126,10 +349,110 @@ impl<S: CounterStore> Resolver<S> {
             model::KeyState::Expired => Verdict::Expired,
             model::KeyState::Revoked => Verdict::Revoked,
         };
-        Ok(Resolution {
+        Resolution {
             verdict,
             key: Some(key),
-        })
+        }
+    }
+
+    /// Where each of a request's secrets stands, in order; never fails.
+    ///
+    /// Misses are looked up concurrently, at most as many as `caller` has
+    /// failures left this minute (the rest are unknown keys, answered
+    /// without a lookup). Every secret that turns out not valid counts as
+    /// a failure of `caller`. `None`: no guard.
+    pub async fn resolve_all(
+        &self,
+        secrets: &[&str],
+        caller: Option<&str>,
+    ) -> SmallVec<[Standing; 2]> {
+        let now = self.now();
+        let mut budget = caller.map_or(u64::MAX, |c| self.guard.failures_left(c));
+        let mut out: SmallVec<[Standing; 2]> = SmallVec::with_capacity(secrets.len());
+        // (index in `out`, hash, the stale entry if any).
+        let mut misses: SmallVec<[(usize, String, Option<Cached>); 2]> = SmallVec::new();
+        for (i, secret) in secrets.iter().enumerate() {
+            let Some(hash) = self.hash_of(secret) else {
+                out.push(Standing::Resolved {
+                    resolution: Self::standing(Cached::Missing, now),
+                    source: Source::Malformed,
+                });
+                continue;
+            };
+            let stale = match self.cache.get(&hash, now) {
+                Some(hit) if hit.fresh => {
+                    out.push(Standing::Resolved {
+                        resolution: Self::standing(hit.value, now),
+                        source: Source::Cache,
+                    });
+                    continue;
+                }
+                Some(hit) => Some(hit.value),
+                None => None,
+            };
+            if budget == 0 {
+                self.stats.refused.fetch_add(1, Relaxed);
+                out.push(Standing::Resolved {
+                    resolution: Self::standing(Cached::Missing, now),
+                    source: Source::Refused,
+                });
+                continue;
+            }
+            budget -= 1;
+            out.push(Standing::Unavailable);
+            misses.push((i, hash, stale));
+        }
+        if let [(i, hash, stale)] = misses.as_mut_slice() {
+            let answer = self.lookup(hash).await;
+            out[*i] = self.settle(answer, stale.take(), now);
+        } else if !misses.is_empty() {
+            let answers =
+                futures_util::future::join_all(misses.iter().map(|(_, h, _)| self.lookup(h))).await;
+            for ((i, _, stale), answer) in misses.into_iter().zip(answers) {
+                out[i] = self.settle(answer, stale, now);
+            }
+        }
+        if let Some(c) = caller {
+            for s in &out {
+                if let Standing::Resolved { resolution, source } = s
+                    && resolution.verdict != Verdict::Valid
+                    && *source != Source::Refused
+                {
+                    self.guard.record_failure(c);
+                }
+            }
+        }
+        out
+    }
+
+    /// A lookup's answer, or the failure mode's.
+    fn settle(
+        &self,
+        answer: Result<Cached, LookupError>,
+        stale: Option<Cached>,
+        now: Millis,
+    ) -> Standing {
+        match (answer, self.options.failure_mode, stale) {
+            (Ok(c), _, _) => Standing::Resolved {
+                resolution: Self::standing(c, now),
+                source: Source::Store,
+            },
+            (Err(_), KeyStoreFailureMode::Cached, Some(c)) => {
+                self.stats.degraded_cached.fetch_add(1, Relaxed);
+                Standing::Resolved {
+                    resolution: Self::standing(c, now),
+                    source: Source::Stale,
+                }
+            }
+            (Err(_), KeyStoreFailureMode::Allow, _) => {
+                self.stats.degraded_allow.fetch_add(1, Relaxed);
+                Standing::Unavailable
+            }
+            (Err(_), KeyStoreFailureMode::Deny | KeyStoreFailureMode::Cached, _) => {
+                self.stats.degraded_deny.fetch_add(1, Relaxed);
+                Standing::Unavailable
+            }
+        }
     }
 
     /// The limits of `key` in force at `now`: its plan's (or its own) and,
@@ -146,8 +469,10 @@ impl<S: CounterStore> Resolver<S> {
     /// (0: only reports) against every limit, all or nothing.
     ///
     /// # Errors
+    /// [`KeyError::Invalid`] for a bad cost or scope list;
     /// [`KeyError::TooManyFailures`] when `caller` has failed too often;
-    /// others as [`Resolver::resolve`] and the counter store.
+    /// [`KeyError::Unavailable`] when the key store cannot answer (and the
+    /// failure mode has no cached entry); the counter store's errors.
     pub async fn validate(
         &self,
         secret: &str,
@@ -167,11 +492,11 @@ impl<S: CounterStore> Resolver<S> {
         {
             return Err(KeyError::TooManyFailures);
         }
-        let r = self.resolve(secret).await?;
+        let standing = self.resolve_all(&[secret], caller).await.into_iter().next();
+        let Some(Standing::Resolved { resolution: r, .. }) = standing else {
+            return Err(KeyError::Unavailable("the key store did not answer".into()));
+        };
         let Some(key) = r.key else {
-            if let Some(c) = caller {
-                self.guard.record_failure(c);
-            }
             return Ok(Validation {
                 verdict: r.verdict,
                 key: None,
@@ -179,9 +504,6 @@ impl<S: CounterStore> Resolver<S> {
             });
         };
         if r.verdict != Verdict::Valid {
-            if let Some(c) = caller {
-                self.guard.record_failure(c);
-            }
             return Ok(Validation {
                 verdict: r.verdict,
                 key: Some(key),

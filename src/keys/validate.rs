@@ -21,6 +21,17 @@ pub const MAX_REASON: usize = 256;
 pub const MAX_COST: u64 = 1_000_000;
 pub const DEFAULT_PREFIX: &str = "sk_live";
 
+/// Whether `secret` could be a key at all: at most [`MAX_KEY_LEN`] bytes
+/// of what keys are made of (letters, digits, `_`). Anything else is an
+/// unknown key, answered without hashing or a lookup.
+pub fn key_shape(secret: &str) -> bool {
+    !secret.is_empty()
+        && secret.len() <= MAX_KEY_LEN
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> KeyError {
     KeyError::Invalid {
         field: field.into(),

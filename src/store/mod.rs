@@ -3,11 +3,21 @@
 //! The engine hands a store a batch of [`Check`]s, one per descriptor that
 //! has limits, and gets one [`Outcome`] per check back. A store decides a
 //! check atomically: all limits of one check are read, decided and written
-//! together, so concurrent requests never over-admit. The memory store
-//! ([`memory`]) and the Redis store ([`redis`]) implement the trait;
-//! [`resilient`] wraps a shared store with failure handling.
+//! together, so concurrent requests never over-admit.
 //!
-//! May depend on: `core`, `secret`, tokio (background work). Never on gRPC,
+//! * [`memory`]: counters in this process, sharded, capped.
+//! * [`redis`]: counters shared by every replica (standalone, Cluster or
+//!   Sentinel), the checks bound for one node batched into one script call.
+//! * [`resilient`]: a shared store made safe to depend on: circuit
+//!   breaker, failure mode (allow, deny, decide locally), over-limit
+//!   cache; [`resilient::AnyStore`] is what the service runs on.
+//! * [`histogram`]: the latency histogram the stores report.
+//!
+//! Each store reports its own [`StoreStats`] and [`StoreHealth`] (for
+//! `/metrics`, readiness and gRPC health).
+//!
+//! May depend on: `core`, `secret`, tokio (background work), fred (Redis).
+//! Never on gRPC, HTTP, SQL,
 //! config loading or telemetry.
 
 pub mod histogram;

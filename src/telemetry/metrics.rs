@@ -1,4 +1,7 @@
-//! The Prometheus metrics of the service.
+//! The Prometheus metrics of the service: RPC latency and results, rule
+//! statistics, the counter store's and the key store's own counters.
+//!
+//! May depend on: `engine`, `keys` (the resolver's counters), `store`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -18,6 +21,8 @@ use prometheus_client::registry::Registry;
 use super::otel;
 use crate::core::stats::StatsSnapshot;
 use crate::engine::Engine;
+use crate::keys::Resolver;
+use crate::keys::resolver::KeyStoreStats;
 use crate::store::{CounterStore, HistogramSnapshot, StoreHealth, StoreStats};
 
 /// Upper bounds of the RPC latency buckets, in seconds.
@@ -427,6 +432,86 @@ impl Collector for ServiceCollector {
         )?;
         Ok(())
     }
+}
+
+/// What the key-store collector reads at scrape time.
+pub trait KeyStoreSource: Send + Sync + std::fmt::Debug + 'static {
+    fn key_store_stats(&self) -> &KeyStoreStats;
+    fn key_store_health(&self) -> StoreHealth;
+}
+
+impl<S: CounterStore> KeyStoreSource for Resolver<S> {
+    fn key_store_stats(&self) -> &KeyStoreStats {
+        self.stats()
+    }
+
+    fn key_store_health(&self) -> StoreHealth {
+        self.health()
+    }
+}
+
+#[derive(Debug)]
+struct KeyStoreCollector {
+    source: Arc<dyn KeyStoreSource>,
+}
+
+impl Collector for KeyStoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = self.source.key_store_stats();
+        for (name, help, v) in [
+            (
+                "sluice_key_store_lookups",
+                "Key lookups sent to the key store (cache misses, one per secret however many requests wait for it)",
+                &s.lookups,
+            ),
+            (
+                "sluice_key_store_shared_lookups",
+                "Cache misses answered by a lookup another request had in flight for the same secret",
+                &s.shared,
+            ),
+            (
+                "sluice_key_store_failures",
+                "Key lookups that failed or timed out (--key-store-timeout)",
+                &s.failures,
+            ),
+            (
+                "sluice_key_lookups_refused",
+                "Cache misses not looked up because the caller used up its failed validations (--failed-validations-per-minute)",
+                &s.refused,
+            ),
+        ] {
+            counter(&mut encoder, name, help, v.load(Relaxed))?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "sluice_key_store_degraded_answers",
+            "Keys answered by --key-store-failure-mode because the key store could not look them up",
+            None,
+            MetricType::Counter,
+        )?;
+        for (answer, v) in [
+            ("cached", &s.degraded_cached),
+            ("deny", &s.degraded_deny),
+            ("allow", &s.degraded_allow),
+        ] {
+            let fam = [("answer", answer)];
+            let e = m.encode_family(&fam)?;
+            ConstCounter::new(v.load(Relaxed)).encode(e)?;
+        }
+        gauge(
+            &mut encoder,
+            "sluice_key_store_degraded",
+            "1 while key lookups fail and keys are answered by the failure mode",
+            i64::from(self.source.key_store_health().degraded),
+        )?;
+        Ok(())
+    }
+}
+
+/// Adds the key store's metrics to `registry`.
+pub fn register_key_store(registry: &mut MetricsRegistry, source: Arc<dyn KeyStoreSource>) {
+    registry
+        .registry
+        .register_collector(Box::new(KeyStoreCollector { source }));
 }
 
 /// The service's metrics, ready to render.

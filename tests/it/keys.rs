@@ -37,7 +37,10 @@ fn start(db: &TestDb, extra: &[&str]) -> Sluice {
 }
 
 pub(crate) fn start_config(db: &TestDb, config: &str, extra: &[&str]) -> Sluice {
-    let mut args = vec!["--database-url", db.url.as_str()];
+    let mut args = Vec::new();
+    if !extra.contains(&"--database-url") {
+        args.extend_from_slice(&["--database-url", db.url.as_str()]);
+    }
     if !extra.contains(&"--usage-flush-interval-ms") {
         args.extend_from_slice(&["--usage-flush-interval-ms", "200"]);
     }

@@ -22,6 +22,7 @@ mod grpcurl;
 mod http;
 mod image;
 mod istio;
+mod key_path;
 mod key_store;
 mod keys;
 mod lifecycle;

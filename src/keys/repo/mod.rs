@@ -255,6 +255,43 @@ impl Repository {
         })
     }
 
+    /// A second pool on the same database for the request path's key
+    /// lookups: connections of its own (admin changes and usage writes
+    /// never hold them up) and a bound of its own: PostgreSQL cancels a
+    /// statement past `timeout` (`statement_timeout`), SQLite waits at most
+    /// `timeout` for a lock (`busy_timeout`), and a free connection is
+    /// waited for at most `timeout`. Connects lazily, keeping one warm.
+    pub fn lookups(&self, max_connections: u32, timeout: Duration) -> Repository {
+        let backend = self.backend;
+        let ms = timeout.as_millis().max(1);
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .min_connections(1)
+            .acquire_timeout(timeout)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    match backend {
+                        Backend::Postgres => {
+                            conn.execute(format!("SET statement_timeout = {ms}").as_str())
+                                .await?;
+                        }
+                        Backend::Sqlite => {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute(format!("PRAGMA busy_timeout = {ms}").as_str())
+                                .await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy_with((*self.pool.connect_options()).clone());
+        Repository {
+            pool,
+            backend,
+            sqlite_file: self.sqlite_file.clone(),
+        }
+    }
+
     pub const fn backend(&self) -> Backend {
         self.backend
     }

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod db;
 pub mod otlp;
 pub mod pg;
+pub mod proxy;
 pub mod redis;
 
 use std::io::{BufRead, BufReader};

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# ValidateKey throughput and latency, warm cache vs cache misses, in one run.
+# ValidateKey and ext_authz Check throughput and latency, warm cache vs
+# cache misses, in one run.
 #
 # Starts a release sluice on a fresh PostgreSQL database (the local server,
 # SLUICE_BENCH_POSTGRES_URL), creates a plan and a key with the CLI, then
@@ -7,6 +8,11 @@
 #   1. warm cache, at a fixed 10 000 req/s (the target's load) and flat out;
 #   2. cache off (--key-cache-size 0): every call hashes the key and reads
 #      PostgreSQL, at 10 000 req/s offered and flat out.
+# and envoy.service.auth.v3.Authorization/Check (Envoy's ext_authz) the same
+# way, each Check run right after the ValidateKey run it compares with: a
+# CheckRequest as Envoy sends it (source address, the usual request
+# headers, the key in `authorization: Bearer`, the route's
+# context_extensions naming the domain), answered OK with identity headers.
 # Latency percentiles come from h2load's per-request log. Prints a table.
 #
 # Needs: cargo, h2load (nghttp2-client), python3, a PostgreSQL server.
@@ -59,13 +65,47 @@ msg = b"\x0a" + bytes([len(key)]) + key + b"\x10\x01"
 open(sys.argv[2], "wb").write(b"\x00" + struct.pack(">I", len(msg)) + msg)
 PY
 
-run() { # label, extra h2load args...
-    local label=$1; shift
+# The gRPC-framed CheckRequest (field numbers from proto/envoy/service/auth/v3).
+python3 - "$secret" "$work/check" <<'PY'
+import struct, sys
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+def field(num, payload):  # length-delimited
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return varint(num << 3 | 2) + varint(len(payload)) + payload
+def vfield(num, n):
+    return varint(num << 3) + varint(n)
+def entry(num, k, v):  # a map<string, string> entry
+    return field(num, field(1, k) + field(2, v))
+headers = {":authority": "api.example.com", ":method": "GET", ":path": "/orders/42",
+           ":scheme": "http", "user-agent": "curl/8.5.0", "accept": "*/*",
+           "x-forwarded-proto": "http", "x-request-id": "6f1c1c2e-0d0b-4f3c-9c59-2d3c1f6b1a11",
+           "authorization": "Bearer " + sys.argv[1]}
+http = (field(1, "11848286445349543421") + field(2, "GET") +
+        b"".join(entry(3, k, v) for k, v in headers.items()) +
+        field(4, "/orders/42") + field(5, "api.example.com") + field(6, "http") + field(10, "HTTP/1.1"))
+sock = lambda port: field(1, field(1, field(2, "127.0.0.1") + vfield(3, port)))  # Peer.address.socket_address
+attrs = (field(1, sock(50412)) + field(2, sock(10000)) + field(4, field(2, http)) +
+         entry(10, "sluice.domain", "bench"))
+msg = field(1, attrs)
+open(sys.argv[2], "wb").write(b"\x00" + struct.pack(">I", len(msg)) + msg)
+PY
+run() { # label, path, body, extra h2load args...
+    local label=$1 path=$2 body=$3; shift 3
     h2load -n 5000 -c 4 -m 4 -H 'content-type: application/grpc' -H 'te: trailers' \
-        -d "$work/body" "http://$GRPC/sluice.v1.KeyService/ValidateKey" >/dev/null
+        -d "$body" "http://$GRPC/$path" >/dev/null
+    local load0 load1
+    load0=$(cut -d' ' -f1 /proc/loadavg)
     h2load -n "$N" "$@" -H 'content-type: application/grpc' -H 'te: trailers' \
-        -d "$work/body" --log-file "$work/log" \
-        "http://$GRPC/sluice.v1.KeyService/ValidateKey" > "$work/out"
+        -d "$body" --log-file "$work/log" \
+        "http://$GRPC/$path" > "$work/out"
+    load1=$(cut -d' ' -f1 /proc/loadavg)
     python3 - "$label" "$work/out" "$work/log" <<'PY'
 import re, sys
 label, out, log = sys.argv[1:]
@@ -80,18 +120,36 @@ PY
     # answers were (grpcurl from .venv, installed by scripts/test.sh).
     local code=unchecked
     if [ -x .venv/bin/grpcurl ]; then
-        code=$(.venv/bin/grpcurl -plaintext -d "{\"key\":\"$secret\"}" "$GRPC" \
-            sluice.v1.KeyService/ValidateKey | python3 -c 'import json,sys; print(json.load(sys.stdin).get("code","?"))')
+        case $path in
+            *ValidateKey) code=$(.venv/bin/grpcurl -plaintext -d "{\"key\":\"$secret\"}" "$GRPC" \
+                sluice.v1.KeyService/ValidateKey | python3 -c 'import json,sys; print(json.load(sys.stdin).get("code","?"))') ;;
+            *) code=$(.venv/bin/grpcurl -plaintext -import-path proto -proto envoy/service/auth/v3/external_auth.proto \
+                -d "{\"attributes\":{\"request\":{\"http\":{\"method\":\"GET\",\"path\":\"/\",\"headers\":{\"authorization\":\"Bearer $secret\"}}},\"contextExtensions\":{\"sluice.domain\":\"bench\"}}}" \
+                "$GRPC" envoy.service.auth.v3.Authorization/Check | python3 -c 'import json,sys; r=json.load(sys.stdin); print("OK" if not r.get("status",{}).get("code") and "okResponse" in r else "not OK")') ;;
+        esac
     fi
-    echo " $code |"
+    echo " $code | $load0 → $load1 |"
 }
 
-echo "| ValidateKey (PostgreSQL key store, cost 1) | req/s | p50 ms | p99 ms | p99.9 ms | succeeded | answer after |"
-echo "|---|---|---|---|---|---|---|"
-run "warm cache, 10k req/s offered (10 conns x 1000/s)" -c 10 -m 1 --rps 1000
-run "warm cache, flat out (16 conns x 16 streams)" -c 16 -m 16
+VK=sluice.v1.KeyService/ValidateKey
+CHECK=envoy.service.auth.v3.Authorization/Check
+echo "load average at start: $(uptime)"
+echo "| call (PostgreSQL key store, cost 1) | req/s | p50 ms | p99 ms | p99.9 ms | succeeded | answer after | load avg before → after |"
+echo "|---|---|---|---|---|---|---|---|"
+run "ValidateKey, warm cache, 10k req/s offered (10 conns x 1000/s)" $VK "$work/body" -c 10 -m 1 --rps 1000
+run "Check, warm cache, 10k req/s offered (10 conns x 1000/s)" $CHECK "$work/check" -c 10 -m 1 --rps 1000
+run "ValidateKey, warm cache, flat out (16 conns x 16 streams)" $VK "$work/body" -c 16 -m 16
+run "Check, warm cache, flat out (16 conns x 16 streams)" $CHECK "$work/check" -c 16 -m 16
+run "ValidateKey, warm cache, 10k req/s offered (again)" $VK "$work/body" -c 10 -m 1 --rps 1000
+run "Check, warm cache, 10k req/s offered (again)" $CHECK "$work/check" -c 10 -m 1 --rps 1000
+run "ValidateKey, warm cache, flat out (again)" $VK "$work/body" -c 16 -m 16
+run "Check, warm cache, flat out (again)" $CHECK "$work/check" -c 16 -m 16
+curl -s "http://$HTTP/metrics" | grep '^sluice_authz_checks_total' | sed 's/^/# /' || true
 stop
 start --key-cache-size 0
-run "cache off: PostgreSQL per call, 10k req/s offered" -c 10 -m 1 --rps 1000
-run "cache off: PostgreSQL per call, flat out (16x16)" -c 16 -m 16
+run "ValidateKey, cache off: PostgreSQL per call, 10k req/s offered" $VK "$work/body" -c 10 -m 1 --rps 1000
+run "Check, cache off: PostgreSQL per call, 10k req/s offered" $CHECK "$work/check" -c 10 -m 1 --rps 1000
+run "ValidateKey, cache off: PostgreSQL per call, flat out (16x16)" $VK "$work/body" -c 16 -m 16
+run "Check, cache off: PostgreSQL per call, flat out (16x16)" $CHECK "$work/check" -c 16 -m 16
 stop
+echo "load average at end: $(uptime)"

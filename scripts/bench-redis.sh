@@ -28,7 +28,8 @@
 #
 # Knobs: POINTS (default 1x1,16x16,64x8), REQUESTS (40000 per run), REPEAT
 # (3 rounds), WARMUP (10000, before each run), CASES (default "ok1 ok5";
-# "over" adds the over-limit path), KEEP_RESULTS (a file to copy the raw
+# "over" adds the over-limit path), CEILING (1; 0 leaves out the do-nothing
+# server, whose build needs the dev-dependencies), KEEP_RESULTS (a file to copy the raw
 # per-run records to, JSON lines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +48,12 @@ for tool in h2load redis-server redis-cli; do
     command -v "$tool" >/dev/null || { echo "$tool not found (apt-get install nghttp2-client redis-server redis-tools)" >&2; exit 1; }
 done
 
-cargo build --release --bin sluice --example ceiling
+CEILING=${CEILING:-1}
+if [ "$CEILING" = 1 ]; then
+    cargo build --release --bin sluice --example ceiling
+else
+    cargo build --release --bin sluice
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -108,9 +114,12 @@ serve() { # grpc-port http-port [redis-url]
 serve 18081 18080;                                   memory_pid=${pids[-1]}
 serve 18082 18083 "redis://127.0.0.1:$STANDALONE_PORT"; standalone_sluice=${pids[-1]}
 serve 18084 18085 "$cluster_url";                    cluster_sluice=${pids[-1]}
-./target/release/examples/ceiling 127.0.0.1:18091 >/dev/null &
-pids+=($!); ceiling_pid=$!
-wait_port 127.0.0.1:18091
+ceiling_pid=""
+if [ "$CEILING" = 1 ]; then
+    ./target/release/examples/ceiling 127.0.0.1:18091 >/dev/null &
+    pids+=($!); ceiling_pid=$!
+    wait_port 127.0.0.1:18091
+fi
 
 # Commands Redis executed (every cmdstat_* but INFO, which this script
 # sends), and EVALSHA alone, over the given ports.
@@ -150,8 +159,8 @@ servers=(
     "sluice-memory|127.0.0.1:18081|$memory_pid|18080||"
     "sluice-redis|127.0.0.1:18082|$standalone_sluice|18083|$STANDALONE_PORT|$standalone_pid"
     "sluice-redis-cluster|127.0.0.1:18084|$cluster_sluice|18085|${masters[*]}|${master_pids[*]}"
-    "ceiling|127.0.0.1:18091|$ceiling_pid|||"
 )
+[ -n "$ceiling_pid" ] && servers+=("ceiling|127.0.0.1:18091|$ceiling_pid|||")
 if [ -n "${PEER_CMD:-}" ]; then
     $PEER_CMD >"$work/peer.log" 2>&1 &
     pids+=($!)

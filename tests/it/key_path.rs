@@ -606,3 +606,60 @@ async fn json_is_decided_on_the_key_like_grpc() {
         .into_inner();
     assert_eq!(v.code, pb::ValidationCode::RateLimited as i32);
 }
+
+/// The gateway (`/auth`) resolves keys through the same path: a malformed
+/// key is an unknown key without a lookup, and a key the hung key store
+/// cannot check is 503 even in `allow` mode (no identity to let through),
+/// within the key-store bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_resolves_keys_through_the_same_bounded_path() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let url = proxy.url_for(&db.url);
+    let s = start_config(
+        &db,
+        &config("deny"),
+        &[
+            "--database-url",
+            url.as_str(),
+            "--key-store-timeout",
+            "300",
+            "--key-store-failure-mode",
+            "allow",
+        ],
+    );
+    let keys = keys_on_a_plan(&s, 2).await;
+    let http = reqwest::Client::new();
+    let auth = |key: String| http.get(s.http("/auth")).header("x-api-key", key).send();
+    assert_eq!(auth(keys[0].clone()).await.unwrap().status(), 200);
+
+    let before = metric(&s, "sluice_key_store_lookups_total").await;
+    let r = auth(format!("sk_live_{}", "a".repeat(300))).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("NOT_FOUND"));
+    assert_eq!(metric(&s, "sluice_key_store_lookups_total").await, before);
+
+    proxy.set(Mode::Hang);
+    let r = auth(keys[1].clone()).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("KEY_STORE_UNAVAILABLE"));
+    assert!(
+        metric(
+            &s,
+            "sluice_key_store_degraded_answers_total{answer=\"allow\"}"
+        )
+        .await
+            >= 1
+    );
+    // The cached key is still answered.
+    assert_eq!(auth(keys[0].clone()).await.unwrap().status(), 200);
+
+    proxy.set(Mode::Forward);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            readyz(&s).await == (200, "ready\n".to_string())
+        })
+        .await
+    );
+    assert_eq!(auth(keys[1].clone()).await.unwrap().status(), 200);
+}

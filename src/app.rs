@@ -28,6 +28,7 @@ use tonic::server::NamedService;
 use tonic_reflection::server as reflection;
 use tower_layer::{Identity, Stack};
 
+use crate::admission::Admission;
 use crate::auth::secrets::load_or_create_secret;
 use crate::auth::{AdminAuth, AdminAuthConfig};
 use crate::authz::{Gate, GateOptions};
@@ -35,6 +36,7 @@ use crate::config::{self, LoadOptions, watch::ConfigWatch};
 use crate::core::clock::SystemClock;
 use crate::core::stats::StatsRegistry;
 use crate::engine::{Engine, HeaderMode, RequestLimits, Settings};
+use crate::grpc::admission::Admitted;
 use crate::grpc::observe::ObserveLayer;
 use crate::grpc::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use crate::grpc::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
@@ -75,6 +77,10 @@ pub struct ServeConfig {
     pub request_limits: RequestLimits,
     pub max_metric_keys: usize,
     pub max_request_bytes: usize,
+    /// Decision calls in flight at most (0: no bound).
+    pub max_concurrent_requests: usize,
+    /// The longest a gRPC call may take when its deadline asks for more.
+    pub request_timeout: Duration,
     /// How long sluice keeps answering, not ready, after the signal.
     pub shutdown_delay: Duration,
     /// How long calls still open after the delay get to finish.
@@ -537,6 +543,11 @@ impl Application {
 
         let decider = Arc::new(Decider::new(engine.clone(), Some(keys.clone())));
         let caller = Arc::new(cfg.caller.clone());
+        let admission = Admission::new(
+            cfg.max_concurrent_requests,
+            cfg.request_timeout,
+            metrics.clone(),
+        );
         let rls = RateLimitServiceServer::new(RlsService::new(
             decider.clone(),
             metrics.clone(),
@@ -560,9 +571,9 @@ impl Application {
         let grpc_task = spawn_grpc(
             tonic::transport::Server::builder()
                 .layer(observe.clone())
-                .add_service(rls)
-                .add_service(key_service)
-                .add_service(authz_service)
+                .add_service(Admitted::new(rls, admission.clone()))
+                .add_service(Admitted::new(key_service, admission.clone()))
+                .add_service(Admitted::new(authz_service, admission.clone()))
                 .add_service(health_service.clone())
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha),
@@ -604,6 +615,7 @@ impl Application {
             registry,
             ready,
             shutdown: shutdown.clone(),
+            admission: admission.clone(),
         });
         let http_task = tokio::spawn({
             let stop = shutdown.clone();
@@ -713,6 +725,7 @@ impl Application {
             Err(_) => {
                 tracing::warn!(
                     drain_timeout = ?cfg.drain_timeout,
+                    open_calls = admission.in_flight(),
                     "drain timeout reached; stopping with calls still open"
                 );
                 Ok(())
@@ -941,13 +954,20 @@ async fn follow_store_health(
     }
 }
 
-/// Drops expired counters every second.
+/// Drops expired counters every second, on the blocking pool: a sweep
+/// holds shard locks in short batches, but never on a request worker.
 async fn sweep_forever(engine: Arc<Engine<Store>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        engine.store().sweep();
+        let engine = engine.clone();
+        if tokio::task::spawn_blocking(move || engine.store().sweep())
+            .await
+            .is_err()
+        {
+            tracing::warn!("counter sweep panicked");
+        }
     }
 }
 

@@ -28,11 +28,13 @@
 //!   files change, mTLS) and client TLS configurations.
 //! * [`cli`]: the admin client commands (`sluice keys|plans|usage|audit`).
 //! * [`shutdown`]: the shutdown phases every server and task follows.
+//! * [`admission`]: the bound on decision calls in flight (overload).
 //! * [`secret`]: [`secret::Secret`] and the URL redactor: what never reaches
 //!   a log. A leaf every module may use.
 //! * [`app`]: the one place that wires concrete parts together and runs
 //!   them until shutdown.
 
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod authz;

@@ -328,6 +328,15 @@ struct ServeArgs {
     /// Cap on metric keys built from request values (detailed_metric, value_to_metric, overrides).
     #[arg(long, env = "SLUICE_MAX_METRIC_KEYS", default_value_t = 10_000)]
     max_metric_keys: usize,
+    /// Most decision calls (ShouldRateLimit, ValidateKey, Check, /json, /auth) in flight at
+    /// once; past it a call is refused at once, never queued: RESOURCE_EXHAUSTED over gRPC, 503
+    /// over HTTP. 0: no bound.
+    #[arg(long, env = "SLUICE_MAX_CONCURRENT_REQUESTS", default_value_t = 1000)]
+    max_concurrent_requests: usize,
+    /// Seconds a decision call may take at most; a caller's shorter grpc-timeout wins. Past its
+    /// deadline a call is answered DEADLINE_EXCEEDED (503 over HTTP) and not decided.
+    #[arg(long, env = "SLUICE_REQUEST_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout: u64,
     /// Seconds sluice keeps answering after SIGTERM/SIGINT, already not ready and
     /// NOT_SERVING, so that load balancers stop sending work before connections close.
     #[arg(long, env = "SLUICE_SHUTDOWN_DELAY", default_value_t = 5)]
@@ -696,6 +705,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         max_metric_keys: args.max_metric_keys,
         max_request_bytes: args.max_request_bytes,
+        max_concurrent_requests: args.max_concurrent_requests,
+        request_timeout: Duration::from_secs(args.request_timeout),
         shutdown_delay: Duration::from_secs(args.shutdown_delay),
         drain_timeout: Duration::from_secs(args.drain_timeout),
         startup_wait: Duration::from_secs(args.startup_wait),

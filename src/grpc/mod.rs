@@ -9,6 +9,7 @@
 //! `auth`, `store` (the trait), `telemetry`.
 
 pub mod admin;
+pub mod admission;
 pub mod authz;
 pub mod convert;
 pub mod keys;

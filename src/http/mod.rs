@@ -6,10 +6,15 @@
 //! ([`crate::service::Decider`]), so API keys count the same way; `/auth`
 //! asks the gateway's [`Gate`], which decides through that service too.
 //!
+//! The decision routes (`POST /json`, `/auth`) are admitted like gRPC
+//! decision calls ([`admission`]): past `--max-concurrent-requests` in
+//! flight they are answered 503 at once.
+//!
 //! May depend on: `service`, `engine` (its types), `authz`, `grpc::{pb,
-//! convert, rls::answer_response}` (the protocol types), `shutdown`
-//! (readiness), `telemetry`.
+//! convert, rls::answer_response}` (the protocol types), `crate::admission`,
+//! `shutdown` (readiness), `telemetry`.
 
+pub mod admission;
 pub mod auth;
 
 use std::net::SocketAddr;
@@ -21,6 +26,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{Extensions, HeaderMap, StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 
@@ -48,17 +54,29 @@ pub struct HttpState<S> {
     pub ready: Arc<AtomicBool>,
     /// Readiness fails from the moment shutdown begins.
     pub shutdown: Shutdown,
+    /// The bound on decision calls in flight, shared with gRPC.
+    pub admission: crate::admission::Admission,
 }
 
 /// The HTTP routes.
 pub fn router<S: CounterStore>(state: Arc<HttpState<S>>) -> Router {
+    let a = state.admission.clone();
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics_text::<S>))
-        .route("/json", post(json::<S>))
-        .route("/auth", any(auth::auth::<S>))
-        .route("/auth/{*path}", any(auth::auth_path::<S>))
+        .route(
+            "/json",
+            post(json::<S>).layer(from_fn_with_state(a.clone(), admission::json)),
+        )
+        .route(
+            "/auth",
+            any(auth::auth::<S>).layer(from_fn_with_state(a.clone(), admission::auth)),
+        )
+        .route(
+            "/auth/{*path}",
+            any(auth::auth_path::<S>).layer(from_fn_with_state(a, admission::auth)),
+        )
         .with_state(state)
 }
 

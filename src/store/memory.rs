@@ -7,14 +7,28 @@
 //! under any concurrency.
 //!
 //! Memory is bounded two ways. Counters whose windows have passed are
-//! swept (by [`MemoryStore::sweep`], which the service runs every second,
-//! and on demand when the cap is hit). And the number of live counters is
-//! capped: when a new key arrives at the cap and sweeping its shard frees
-//! nothing, the check is decided as if its counter were new and is **not
-//! stored** (the request is admitted if a fresh counter would admit it),
-//! and `overflow` is counted. Existing counters keep counting exactly;
-//! only keys beyond the cap go uncounted until room frees up.
+//! dropped: each shard keeps every counter in an expiry queue (a min-heap
+//! by the time its windows pass), so finding what has expired costs only
+//! what has expired, never a walk over the shard. [`MemoryStore::sweep`]
+//! drains the queues (the service runs it every second on a thread of its
+//! own, never on the request path's workers, a bounded batch per lock
+//! hold), and a new key arriving at the cap first drops a bounded few
+//! expired counters of its shard. And the number of live counters is
+//! capped: when a new key arrives at the cap and no room frees up, the
+//! check is decided as if its counter were new and is **not stored** (the
+//! request is admitted if a fresh counter would admit it), and `overflow`
+//! is counted. Existing counters keep counting exactly; only keys beyond
+//! the cap go uncounted until room frees up. Admission at the cap is
+//! O(log n) amortized and bounded per check, however many unique keys
+//! arrive.
+//!
+//! A counter written again has later expiry than its queue entry says:
+//! the entry is not updated on every write (that would cost a heap
+//! operation per check); when it comes due, the counter is found alive and
+//! queued again at its current expiry. Each counter has exactly one entry.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -32,6 +46,14 @@ pub const DEFAULT_MAX_COUNTERS: u64 = 1_000_000;
 
 const SHARDS: usize = 64;
 
+/// Queue entries a new key at the cap may look at to make room: bounds the
+/// work of one check (the periodic sweep does the rest).
+const ADMIT_BUDGET: usize = 8;
+
+/// Queue entries the periodic sweep handles per lock hold, so that requests
+/// on the shard wait at most that long.
+const SWEEP_BATCH: usize = 1024;
+
 /// The state of one limit under a key.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
@@ -44,13 +66,66 @@ struct Slot {
 struct Counter {
     key: Box<[u8]>,
     hash: u64,
+    /// Tells this counter's queue entry from others of the same hash.
+    id: u64,
     slots: SmallVec<[Slot; 2]>,
     expires_at: u64,
+}
+
+/// A counter's place in its shard's expiry queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    /// When the counter's windows pass, as of its last queueing; the
+    /// counter may have been written since and live longer.
+    at: u64,
+    hash: u64,
+    id: u64,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
     table: HashTable<Counter>,
+    /// One entry per counter in `table`, soonest first.
+    expiry: BinaryHeap<Reverse<Due>>,
+    next_id: u64,
+}
+
+impl Shard {
+    /// Looks at up to `budget` queue entries that are due: drops their
+    /// counters if expired, queues them again at their current expiry if
+    /// written since. Returns how many were dropped and looked at.
+    fn drop_expired(&mut self, now: u64, budget: usize) -> (u64, u64) {
+        let Shard { table, expiry, .. } = self;
+        let mut dropped = 0;
+        let mut looked = 0;
+        for _ in 0..budget {
+            match expiry.peek() {
+                Some(Reverse(due)) if due.at <= now => {}
+                _ => break,
+            }
+            let Some(Reverse(due)) = expiry.pop() else {
+                break;
+            };
+            looked += 1;
+            // Every counter has one entry, and counters leave the table
+            // only here, so the counter is always found.
+            if let Ok(entry) = table.find_entry(due.hash, |c| c.id == due.id) {
+                let at = entry.get().expires_at;
+                if at <= now {
+                    entry.remove();
+                    dropped += 1;
+                } else {
+                    expiry.push(Reverse(Due { at, ..due }));
+                }
+            }
+        }
+        (dropped, looked)
+    }
+
+    /// Whether the soonest queue entry is due.
+    fn has_due(&self, now: u64) -> bool {
+        self.expiry.peek().is_some_and(|Reverse(d)| d.at <= now)
+    }
 }
 
 /// Sharded in-memory counters; see the module docs.
@@ -63,6 +138,9 @@ pub struct MemoryStore {
     live: AtomicU64,
     expired: AtomicU64,
     overflow: AtomicU64,
+    /// Counters looked at by new keys arriving at the cap (what bounds the
+    /// cost of a flood of unique keys; tests read it).
+    admission_work: AtomicU64,
 }
 
 impl MemoryStore {
@@ -76,24 +154,30 @@ impl MemoryStore {
             live: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             overflow: AtomicU64::new(0),
+            admission_work: AtomicU64::new(0),
         }
     }
 
-    /// Drops every counter whose windows have all passed.
+    /// Drops every counter whose windows have all passed, a batch per lock
+    /// hold. Costs what has expired (plus counters written since they were
+    /// queued), not the size of the store.
     pub fn sweep(&self) {
         let now = self.clock.now_ns();
         for shard in self.shards.iter() {
-            self.sweep_shard(&mut shard.lock(), now);
+            loop {
+                let mut s = shard.lock();
+                let (dropped, _) = s.drop_expired(now, SWEEP_BATCH);
+                let more = s.has_due(now);
+                drop(s);
+                self.count_dropped(dropped);
+                if !more {
+                    break;
+                }
+            }
         }
     }
 
-    fn sweep_shard(&self, shard: &mut Shard, now: u64) {
-        let mut dropped = 0u64;
-        shard.table.retain(|c| {
-            let keep = c.expires_at > now;
-            dropped += u64::from(!keep);
-            keep
-        });
+    fn count_dropped(&self, dropped: u64) {
         if dropped > 0 {
             self.live.fetch_sub(dropped, Relaxed);
             self.expired.fetch_add(dropped, Relaxed);
@@ -129,19 +213,29 @@ impl MemoryStore {
             return outcome;
         }
         if self.live.load(Relaxed) >= self.max_counters {
-            self.sweep_shard(&mut shard, now);
+            let (dropped, looked) = shard.drop_expired(now, ADMIT_BUDGET);
+            self.admission_work.fetch_add(looked, Relaxed);
+            self.count_dropped(dropped);
             if self.live.load(Relaxed) >= self.max_counters {
                 self.overflow.fetch_add(1, Relaxed);
                 return outcome;
             }
         }
+        let id = shard.next_id;
+        shard.next_id = id.wrapping_add(1);
         let mut counter = Counter {
             key: check.key.into(),
             hash,
+            id,
             slots: SmallVec::new(),
             expires_at: 0,
         };
         store_states(&mut counter, check.limits, &states, now);
+        shard.expiry.push(Reverse(Due {
+            at: counter.expires_at,
+            hash,
+            id,
+        }));
         shard.table.insert_unique(hash, counter, |c| c.hash);
         self.live.fetch_add(1, Relaxed);
         outcome

@@ -153,6 +153,17 @@ pub struct Metrics {
     pub tls_reloads: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// TLS handshakes refused or abandoned, by listener.
     pub tls_handshake_failures: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Decision calls in flight (see `crate::admission`).
+    pub in_flight: AtomicU64,
+    /// Decision calls refused because `--max-concurrent-requests` were in
+    /// flight.
+    pub shed_concurrency: AtomicU64,
+    /// Decision calls answered at their deadline (grpc-timeout or
+    /// `--request-timeout`), not decided.
+    pub shed_deadline: AtomicU64,
+    /// Decision calls dropped before they were answered: their deadline
+    /// passed or their client went away.
+    pub abandoned: AtomicU64,
 }
 
 impl Metrics {
@@ -312,6 +323,35 @@ impl Collector for ServiceCollector {
                 ConstCounter::new(v.load(Relaxed)).encode(e)?;
             }
         }
+
+        gauge(
+            &mut encoder,
+            "sluice_requests_in_flight",
+            "Decision calls (ShouldRateLimit, ValidateKey, Check, /json, /auth) being answered now",
+            i64::try_from(self.metrics.in_flight.load(Relaxed)).unwrap_or(i64::MAX),
+        )?;
+        {
+            let mut m = encoder.encode_descriptor(
+                "sluice_requests_shed",
+                "Decision calls not decided: refused at once because --max-concurrent-requests were in flight (concurrency), or answered at their deadline (deadline)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in [
+                ("concurrency", &self.metrics.shed_concurrency),
+                ("deadline", &self.metrics.shed_deadline),
+            ] {
+                let fam = [("reason", reason)];
+                let e = m.encode_family(&fam)?;
+                ConstCounter::new(n.load(Relaxed)).encode(e)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "sluice_requests_abandoned",
+            "Decision calls dropped before they were answered because their client went away",
+            self.metrics.abandoned.load(Relaxed),
+        )?;
 
         let rules = self.source.rule_stats();
         type Pick = fn(&StatsSnapshot) -> u64;

@@ -26,6 +26,7 @@ mod key_path;
 mod key_store;
 mod keys;
 mod lifecycle;
+mod overload;
 mod probe;
 mod redis_fixtures_selftest;
 mod redis_store;

@@ -457,3 +457,111 @@ fn keys_are_compared_in_full() {
     assert!(!at_clock(&store, &clock, &check(b"ab", &limits, 1)).admitted);
     assert_eq!(store.store_stats().live_counters, 4);
 }
+
+/// The shard a key lands in, and `n` distinct keys that all land in it.
+fn keys_in_one_shard(store: &MemoryStore, n: usize) -> Vec<Vec<u8>> {
+    let shard_of = |k: &[u8]| store.hasher.hash_one(k) % SHARDS as u64;
+    let target = shard_of(b"anchor");
+    (0..)
+        .map(|i| format!("k-{i}").into_bytes())
+        .filter(|k| shard_of(k) == target)
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn at_the_cap_a_flood_of_new_keys_costs_a_bounded_few_lookups_each() {
+    // One shard full of live counters: the old code swept all of them for
+    // every new key (about 15 600 per check at the default cap).
+    let (clock, store) = store(2_000);
+    let day = [fixed(5, Unit::Day, 0)];
+    let keys = keys_in_one_shard(&store, 2_000);
+    for k in &keys {
+        assert!(at_clock(&store, &clock, &check(k, &day, 1)).admitted);
+    }
+    assert_eq!(store.store_stats().live_counters, 2_000);
+    let flood = keys_in_one_shard(&store, 2_500);
+    for k in &flood[2_000..] {
+        assert!(at_clock(&store, &clock, &check(k, &day, 1)).admitted);
+    }
+    assert_eq!(store.store_stats().overflow, 500);
+    // Nothing is due: not one counter looked at.
+    assert_eq!(store.admission_work.load(Relaxed), 0);
+
+    // Every counter was written again (so each queue entry is stale) and
+    // then the first windows pass: each new key looks at a few entries at
+    // most, and room frees up as the sweep catches up.
+    let (clock, store) = self::store(2_000);
+    let second = [fixed(5, Unit::Second, 0)];
+    let keys = keys_in_one_shard(&store, 2_100);
+    for k in &keys[..2_000] {
+        at_clock(&store, &clock, &check(k, &second, 1));
+    }
+    clock.advance(SEC / 2); // the next second
+    for k in &keys[..2_000] {
+        at_clock(&store, &clock, &check(k, &second, 1));
+    }
+    clock.advance(SEC); // every counter has expired; every entry is stale
+    for k in &keys[2_000..] {
+        at_clock(&store, &clock, &check(k, &second, 1));
+    }
+    let looked = store.admission_work.load(Relaxed);
+    assert!(looked <= 100 * ADMIT_BUDGET as u64, "{looked}");
+    // The expired counters were dropped as the new keys came in.
+    assert!(store.store_stats().expired > 0);
+    store.sweep();
+    assert_eq!(store.store_stats().live_counters, 100);
+}
+
+#[test]
+fn a_counter_written_after_it_was_queued_lives_until_its_new_expiry() {
+    let (clock, store) = store(DEFAULT_MAX_COUNTERS);
+    let second = [fixed(5, Unit::Second, 0)];
+    // Queued to expire at the end of this second (0.5 s from T0)...
+    at_clock(&store, &clock, &check(b"k", &second, 1));
+    clock.advance(SEC / 2);
+    // ...written in the next second, so it lives one more.
+    at_clock(&store, &clock, &check(b"k", &second, 2));
+    clock.advance(SEC / 2);
+    store.sweep();
+    assert_eq!(store.store_stats().live_counters, 1);
+    let o = at_clock(&store, &clock, &check(b"k", &second, 0));
+    assert_eq!(o.verdicts[0].used_before, 2, "the count survived the sweep");
+    clock.advance(SEC / 2);
+    store.sweep();
+    assert_eq!(store.store_stats().live_counters, 0);
+    assert_eq!(store.store_stats().expired, 1);
+}
+
+#[test]
+fn every_counter_has_exactly_one_queue_entry() {
+    let (clock, store) = store(300);
+    let second = [fixed(3, Unit::Second, 0)];
+    let minute = [fixed(3, Unit::Minute, 0)];
+    for round in 0..20u64 {
+        for i in 0..200u64 {
+            let k = format!("k-{}", (i * 7 + round * 13) % 400).into_bytes();
+            let limits: &[LimitSpec] = if i % 3 == 0 { &minute } else { &second };
+            at_clock(&store, &clock, &check(&k, limits, 1));
+        }
+        clock.advance(SEC / 3);
+        if round % 4 == 0 {
+            store.sweep();
+        }
+        let mut live = 0;
+        for shard in store.shards.iter() {
+            let s = shard.lock();
+            assert_eq!(s.table.len(), s.expiry.len());
+            for Reverse(due) in s.expiry.iter() {
+                let c = s
+                    .table
+                    .find(due.hash, |c| c.id == due.id)
+                    .expect("a queued counter is in the table");
+                assert_eq!(c.hash, due.hash);
+            }
+            live += s.table.len() as u64;
+        }
+        assert_eq!(store.store_stats().live_counters, live);
+        assert!(live <= 300);
+    }
+}

@@ -9,6 +9,7 @@ pub mod otlp;
 pub mod pg;
 pub mod proxy;
 pub mod redis;
+pub mod split_call;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -29,7 +29,8 @@
 # Knobs: POINTS (default 1x1,16x16,64x8), REQUESTS (40000 per run), REPEAT
 # (3 rounds), WARMUP (10000, before each run), CASES (default "ok1 ok5";
 # "over" adds the over-limit path), CEILING (1; 0 leaves out the do-nothing
-# server, whose build needs the dev-dependencies), KEEP_RESULTS (a file to copy the raw
+# server, whose build needs the dev-dependencies), NO_BUILD (set: run the
+# release binaries already built, without cargo), KEEP_RESULTS (a file to copy the raw
 # per-run records to, JSON lines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +50,9 @@ for tool in h2load redis-server redis-cli; do
 done
 
 CEILING=${CEILING:-1}
-if [ "$CEILING" = 1 ]; then
+if [ -n "${NO_BUILD:-}" ]; then
+    [ -x target/release/sluice ] || { echo "NO_BUILD set but target/release/sluice is missing" >&2; exit 1; }
+elif [ "$CEILING" = 1 ]; then
     cargo build --release --bin sluice --example ceiling
 else
     cargo build --release --bin sluice

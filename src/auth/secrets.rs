@@ -140,6 +140,10 @@ fn create_secret(path: &Path, bytes: usize) -> Result<Option<Vec<u8>>, SecretErr
     }
     let mut secret = vec![0u8; bytes];
     getrandom::fill(&mut secret).map_err(SecretError::Random)?;
+    // Written whole under a name of its own, then linked into place: a
+    // replica starting at the same moment sees no file or the whole
+    // secret, never an empty one.
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -147,21 +151,22 @@ fn create_secret(path: &Path, bytes: usize) -> Result<Option<Vec<u8>>, SecretErr
         use std::os::unix::fs::OpenOptionsExt as _;
         options.mode(0o600);
     }
-    let mut file = match options.open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(None),
-        Err(e) => return Err(create_err(e)),
-    };
     let mut text = hex::encode(&secret);
     text.push('\n');
-    if let Err(e) = file
-        .write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-    {
-        // Leave no half-written secret for the next start to trip on.
-        drop(file);
-        let _ = std::fs::remove_file(path);
+    let written = options.open(&tmp).and_then(|mut file| {
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
         return Err(create_err(e));
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(None),
+        Err(e) => return Err(create_err(e)),
     }
     Ok(Some(secret))
 }

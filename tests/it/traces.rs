@@ -162,10 +162,15 @@ async fn one_trace_across_envoy_and_sluice() {
         .unwrap_or_else(|| panic!("no exemplar in\n{metrics}"));
     let id = exemplar.split("trace_id=\"").nth(1).unwrap();
     let id = &id[..32];
+    // The exemplar may be a later request's, whose span the batch exporter
+    // sends a moment after: wait (bounded) for it rather than race it.
+    let spans = receiver
+        .wait_for(Duration::from_secs(20), "the exemplar's trace", |spans| {
+            sluice_spans(spans).iter().any(|s| s.trace_id == id)
+        })
+        .await;
     assert!(
-        sluice_spans(&receiver.spans())
-            .iter()
-            .any(|s| s.trace_id == id),
+        sluice_spans(&spans).iter().any(|s| s.trace_id == id),
         "exemplar {id} is not a trace the receiver got"
     );
     let exported = metric(&metrics, "sluice_trace_spans_total{outcome=\"exported\"}");

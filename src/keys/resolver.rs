@@ -18,8 +18,13 @@
 //!   [`Repository::lookups`]); when the store cannot answer, the
 //!   [`KeyStoreFailureMode`] says what the request gets.
 //!
-//! May depend on: `core`, the `store` trait, `engine`, and the rest of
-//! `keys`. Knows nothing of gRPC.
+//! While tracing is on, a request waiting on a key lookup (a cache miss)
+//! has a child span for it, with the query's error recorded on it; a
+//! cached key has none.
+//!
+//! May depend on: `core`, the `store` trait, `engine`, the rest of `keys`,
+//! and `telemetry::otel` / `telemetry::trace::truncate` for spans (leaf
+//! helpers). Knows nothing of gRPC.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -117,8 +122,66 @@ pub enum Standing {
 enum LookupError {
     #[error("key store did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("{0}")]
-    Store(Arc<str>),
+    #[error("{message}")]
+    Store {
+        /// [`super::repo::RepoError::kind`].
+        kind: &'static str,
+        message: Arc<str>,
+    },
+}
+
+impl LookupError {
+    /// A bounded name, for the errors metric and the span.
+    fn kind(&self) -> &'static str {
+        match self {
+            LookupError::Timeout(_) => "timeout",
+            LookupError::Store { kind, .. } => kind,
+        }
+    }
+}
+
+/// Buckets of the key-store query latency, in seconds.
+const QUERY_BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Key-store operations the metrics are labelled with.
+pub const OPERATIONS: [&str; 2] = ["lookup", "usage_flush"];
+/// Error kinds the metrics are labelled with (see `RepoError::kind`, plus
+/// `timeout`).
+pub const ERROR_KINDS: [&str; 5] = ["timeout", "unavailable", "database", "corrupt", "other"];
+
+/// Per key-store operation: query latency and errors by kind.
+#[derive(Debug)]
+pub struct QueryStats {
+    /// Time of each query (answered or failed), in seconds.
+    pub seconds: crate::store::Histogram,
+    /// Failed queries, by [`ERROR_KINDS`] index.
+    pub errors: [AtomicU64; ERROR_KINDS.len()],
+}
+
+impl Default for QueryStats {
+    fn default() -> Self {
+        QueryStats {
+            seconds: crate::store::Histogram::new(QUERY_BUCKETS),
+            errors: Default::default(),
+        }
+    }
+}
+
+impl QueryStats {
+    /// Records one query that took `elapsed` and failed with `kind`, if
+    /// it failed.
+    pub fn record(&self, elapsed: Duration, error: Option<&str>) {
+        self.seconds.observe(elapsed.as_secs_f64());
+        if let Some(kind) = error {
+            let i = ERROR_KINDS
+                .iter()
+                .position(|k| *k == kind)
+                .unwrap_or(ERROR_KINDS.len() - 1);
+            self.errors[i].fetch_add(1, Relaxed);
+        }
+    }
 }
 
 /// Counters about the key store, for `/metrics`.
@@ -136,6 +199,8 @@ pub struct KeyStoreStats {
     pub degraded_cached: AtomicU64,
     pub degraded_deny: AtomicU64,
     pub degraded_allow: AtomicU64,
+    /// The lookup query's latency and errors.
+    pub lookup_queries: QueryStats,
 }
 
 /// One lookup in flight per secret hash: concurrent misses of a secret
@@ -295,20 +360,68 @@ impl<S: CounterStore> Resolver<S> {
         if shared {
             self.stats.shared.fetch_add(1, Relaxed);
         }
+        // A span per request waiting on a lookup (its own query, or one a
+        // concurrent request has in flight for the same secret: then
+        // `shared` says so, and the query is that request's).
+        let span = crate::telemetry::otel::parent_span().map(|p| self.lookup_span(&p, shared));
         let landing = Landing {
             flights: &self.flights,
             hash,
             cell,
         };
-        landing.cell.get_or_init(|| self.query(hash)).await.clone()
+        let answer = landing.cell.get_or_init(|| self.query(hash)).await.clone();
+        if let Some(span) = span {
+            match &answer {
+                Ok(c) => {
+                    span.record("sluice.key_found", matches!(c, Cached::Found(_)));
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    crate::telemetry::otel::record_error(
+                        &span,
+                        e.kind(),
+                        crate::telemetry::trace::truncate(&message, 256),
+                    );
+                }
+            }
+        }
+        answer
+    }
+
+    /// The span of one request's key lookup, a child of `parent` (its
+    /// RPC's SERVER span). Names the table, never the key or its hash.
+    fn lookup_span(&self, parent: &tracing::Span, shared: bool) -> tracing::Span {
+        let system = match self.repo.backend() {
+            super::repo::Backend::Postgres => "postgresql",
+            super::repo::Backend::Sqlite => "sqlite",
+        };
+        tracing::info_span!(
+            target: "sluice::keys",
+            parent: parent,
+            "key lookup",
+            otel.name = "SELECT key_secrets",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            db.system.name = system,
+            db.operation.name = "SELECT",
+            db.collection.name = "key_secrets",
+            sluice.key_lookup_shared = shared,
+            sluice.key_found = tracing::field::Empty,
+        )
     }
 
     async fn query(&self, hash: &str) -> Result<Cached, LookupError> {
         self.stats.lookups.fetch_add(1, Relaxed);
+        let started = std::time::Instant::now();
         let answer =
             match tokio::time::timeout(self.options.timeout, self.repo.find_by_hash(hash)).await {
                 Err(_) => Err(LookupError::Timeout(self.options.timeout)),
-                Ok(Err(e)) => Err(LookupError::Store(e.to_string().into())),
+                Ok(Err(e)) => Err(LookupError::Store {
+                    kind: e.kind(),
+                    message: e.to_string().into(),
+                }),
                 Ok(Ok(found)) => Ok(match found {
                     Some(f) => Cached::Found(Arc::new(ResolvedKey::new(
                         f.key,
@@ -318,6 +431,10 @@ impl<S: CounterStore> Resolver<S> {
                     None => Cached::Missing,
                 }),
             };
+        self.stats.lookup_queries.record(
+            started.elapsed(),
+            answer.as_ref().err().map(LookupError::kind),
+        );
         match &answer {
             Ok(c) => {
                 self.cache.insert(hash.to_string(), c.clone(), self.now());

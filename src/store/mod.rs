@@ -16,9 +16,14 @@
 //! Each store reports its own [`StoreStats`] and [`StoreHealth`] (for
 //! `/metrics`, readiness and gRPC health).
 //!
-//! May depend on: `core`, `secret`, tokio (background work), fred (Redis).
-//! Never on gRPC, HTTP, SQL,
-//! config loading or telemetry.
+//! Traces: the Redis store makes one span per request's call (see
+//! `redis::CallTrace`), only while tracing is on; the memory store makes
+//! none (see [`memory`]).
+//!
+//! May depend on: `core`, `secret`, tokio (background work), fred (Redis),
+//! and `telemetry::otel` only for its tracing switch and span helpers (a
+//! leaf module). Never on gRPC, HTTP, SQL, config loading or the rest of
+//! telemetry.
 
 pub mod histogram;
 pub mod memory;

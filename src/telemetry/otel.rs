@@ -12,6 +12,11 @@
 //! environment, so tests pass a map. Every bad value is an error naming the
 //! variable (or flag) and what it accepts; nothing falls back silently.
 //!
+//! [`parent_span`] and [`record_error`] are for the modules that make
+//! child spans on the decision path (the Redis store, key lookups): this
+//! module is a leaf, so they may use it without depending on the rest of
+//! `telemetry`.
+//!
 //! May depend on: nothing of sluice's own.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +57,38 @@ pub fn descriptor_values() -> bool {
 /// The export counters, once a pipeline was installed.
 pub fn export_stats() -> Option<&'static Arc<ExportStats>> {
     STATS.get()
+}
+
+/// The span a decision-path child span hangs under: the current span,
+/// when tracing is on and there is one (an RPC's SERVER span). `None`
+/// otherwise, so a store call or key lookup made outside a traced request
+/// (an HTTP call, a background task) never starts a trace of its own.
+#[inline]
+pub fn parent_span() -> Option<tracing::Span> {
+    if !enabled() {
+        return None;
+    }
+    let current = tracing::Span::current();
+    (!current.is_none()).then_some(current)
+}
+
+/// Marks `span` failed: status ERROR with `message` as its description,
+/// `error.type` set to `kind` (a bounded name), and an `exception` event
+/// carrying both. The span must declare `otel.status_code`,
+/// `otel.status_description` and `error.type` (as `Empty`). `message` must
+/// hold no secret and no request data.
+pub fn record_error(span: &tracing::Span, kind: &'static str, message: &str) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    span.record("otel.status_code", "error");
+    span.record("otel.status_description", message);
+    span.record("error.type", kind);
+    span.add_event(
+        "exception",
+        vec![
+            KeyValue::new("exception.type", kind),
+            KeyValue::new("exception.message", message.to_string()),
+        ],
+    );
 }
 
 /// The tracing flags of `sluice serve`.

@@ -15,8 +15,8 @@ use tonic::transport::Channel;
 use crate::support::db::{Kind, TestDb};
 use crate::support::{BIN, OK, OVER, Opts, Sluice, call, desc, eventually, req};
 
-const SECRET: &str = "it-admin-secret-it-admin-secret-0123";
-const KEY_SECRET: &str = "it-key-hashing-secret-0123456789abcdef";
+pub(crate) const SECRET: &str = "it-admin-secret-it-admin-secret-0123";
+pub(crate) const KEY_SECRET: &str = "it-key-hashing-secret-0123456789abcdef";
 
 const CONFIG: &str = "\
 domain: gateway

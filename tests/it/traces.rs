@@ -434,3 +434,202 @@ async fn admin_calls_build_and_process_are_metered() {
     );
     assert!(!m.contains("# {trace_id="), "{m}");
 }
+
+/// The spans of `trace` sluice exported.
+fn of_trace<'a>(spans: &'a [RecvSpan], trace: &str) -> Vec<&'a RecvSpan> {
+    spans
+        .iter()
+        .filter(|s| s.service == "sluice" && s.trace_id == trace)
+        .collect()
+}
+
+/// The children of `parent` named `name` in `spans`.
+fn children<'a>(spans: &[&'a RecvSpan], parent: &RecvSpan, name: &str) -> Vec<&'a RecvSpan> {
+    spans
+        .iter()
+        .copied()
+        .filter(|s| s.parent_span_id == parent.span_id && s.name == name)
+        .collect()
+}
+
+fn traceparent(n: u8) -> (String, (&'static str, String)) {
+    let trace = format!("{n:02x}").repeat(16);
+    let header = format!("00-{trace}-{}-01", "ab".repeat(8));
+    (trace, ("traceparent", header))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_call_and_key_lookup_are_child_spans() {
+    use sluice::grpc::pb::sluice::v1 as pb;
+    use sluice::grpc::pb::sluice::v1::key_service_client::KeyServiceClient;
+
+    use crate::keys::{Admin, KEY_SECRET, SECRET, create_key, create_plan, limit};
+    use crate::support::db::{Kind, TestDb};
+    use crate::support::redis::RedisServer;
+
+    let receiver = Receiver::start().await;
+    let mut redis = RedisServer::start();
+    let db = TestDb::new(Kind::Sqlite).await;
+    let redis_url = redis.url();
+    let endpoint = receiver.grpc_url();
+    let sluice = Sluice::start_with(
+        CONFIG,
+        Opts {
+            args: &[
+                "--otel-endpoint",
+                &endpoint,
+                "--redis-url",
+                &redis_url,
+                "--redis-timeout",
+                "250",
+                "--database-url",
+                &db.url,
+            ],
+            env: &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+                ("SLUICE_JWT_SECRET", SECRET),
+                ("SLUICE_KEY_SECRET", KEY_SECRET),
+            ],
+            ..Opts::default()
+        },
+    );
+
+    // ShouldRateLimit on Redis: one store span under the SERVER span.
+    let (rls_trace, header) = traceparent(0x31);
+    let two = req(
+        "t",
+        vec![desc(&[("k", "secret-a")]), desc(&[("k", "secret-b")])],
+    );
+    assert_eq!(call_with(&sluice, &[header], two).await, crate::support::OK);
+    let spans = receiver
+        .wait_for(Duration::from_secs(20), "the Redis span", |spans| {
+            of_trace(spans, &rls_trace).len() >= 2
+        })
+        .await;
+    let mine = of_trace(&spans, &rls_trace);
+    let server = mine.iter().find(|s| s.kind == SERVER).unwrap();
+    let store = children(&mine, server, "EVALSHA batch");
+    assert_eq!(store.len(), 1, "{mine:#?}");
+    let store = store[0];
+    assert_eq!(store.kind, CLIENT);
+    assert_eq!(store.attr("db.system.name"), Some("redis"));
+    let node = format!("127.0.0.1:{}", redis.port());
+    assert_eq!(
+        store.attr("server.address"),
+        Some(node.as_str()),
+        "{store:#?}"
+    );
+    assert_eq!(store.attr("sluice.redis.nodes"), Some(node.as_str()));
+    assert_eq!(store.attr("sluice.redis.checks"), Some("2"));
+    assert_eq!(store.attr("sluice.redis.calls"), Some("1"));
+    assert_eq!(store.attr("sluice.redis.batch_checks"), Some("2"));
+    assert_eq!(store.status, 0);
+    assert!(
+        !store.attrs.values().any(|v| v.contains("secret-")),
+        "a descriptor value leaked into {store:#?}"
+    );
+
+    // ValidateKey of a key not cached: a key-lookup span under the SERVER
+    // span; asked again (cached), none.
+    let mut a = Admin::new(&sluice, "all").await;
+    create_plan(&mut a, "p", vec![limit(100, pb::Unit::Hour)]).await;
+    let (_, secret) = create_key(&mut a, "p", &[]).await;
+    let mut keys = KeyServiceClient::new(sluice.channel().await);
+    let validate = |n: u8| {
+        let (trace, (k, v)) = traceparent(n);
+        let mut r = tonic::Request::new(pb::ValidateKeyRequest {
+            key: secret.clone(),
+            ..pb::ValidateKeyRequest::default()
+        });
+        r.metadata_mut()
+            .insert(k, MetadataValue::try_from(v.as_str()).unwrap());
+        (trace, r)
+    };
+    let (miss_trace, r) = validate(0x32);
+    let code = keys.validate_key(r).await.unwrap().into_inner().code;
+    assert_eq!(code, pb::ValidationCode::Valid as i32);
+    let (hit_trace, r) = validate(0x33);
+    let code = keys.validate_key(r).await.unwrap().into_inner().code;
+    assert_eq!(code, pb::ValidationCode::Valid as i32);
+    let spans = receiver
+        .wait_for(
+            Duration::from_secs(20),
+            "both ValidateKey traces",
+            |spans| {
+                // Each: its SERVER span and the Redis span of its charge.
+                of_trace(spans, &miss_trace).len() >= 3 && of_trace(spans, &hit_trace).len() >= 2
+            },
+        )
+        .await;
+    let miss = of_trace(&spans, &miss_trace);
+    let server = miss.iter().find(|s| s.kind == SERVER).unwrap();
+    let lookup = children(&miss, server, "SELECT key_secrets");
+    assert_eq!(lookup.len(), 1, "{miss:#?}");
+    let lookup = lookup[0];
+    assert_eq!(lookup.kind, CLIENT);
+    assert_eq!(lookup.attr("db.system.name"), Some("sqlite"));
+    assert_eq!(lookup.attr("db.collection.name"), Some("key_secrets"));
+    assert_eq!(lookup.attr("sluice.key_found"), Some("true"));
+    assert_eq!(lookup.status, 0);
+    assert!(
+        !lookup.attrs.values().any(|v| v.contains(&secret[8..])),
+        "the key leaked into {lookup:#?}"
+    );
+    // The charge on Redis is a sibling of the lookup, after it.
+    assert_eq!(
+        children(&miss, server, "EVALSHA batch").len(),
+        1,
+        "{miss:#?}"
+    );
+    let hit = of_trace(&spans, &hit_trace);
+    let server = hit.iter().find(|s| s.kind == SERVER).unwrap();
+    assert!(
+        children(&hit, server, "SELECT key_secrets").is_empty(),
+        "a cached key was looked up: {hit:#?}"
+    );
+    assert_eq!(children(&hit, server, "EVALSHA batch").len(), 1, "{hit:#?}");
+
+    // Redis gone: the failed call's error is on its span.
+    redis.kill();
+    let mut failed = None;
+    for n in 0x40..0x50u8 {
+        let (trace, header) = traceparent(n);
+        call_with(&sluice, &[header], req("t", vec![desc(&[("k", "x")])])).await;
+        let spans = receiver
+            .wait_for(Duration::from_secs(20), "the SERVER span", |spans| {
+                of_trace(spans, &trace).iter().any(|s| s.kind == SERVER)
+            })
+            .await;
+        if let Some(s) = of_trace(&spans, &trace)
+            .into_iter()
+            .find(|s| s.name == "EVALSHA batch" && s.status == 2)
+        {
+            failed = Some(s.clone());
+            break;
+        }
+    }
+    let failed = failed.expect("no Redis span with an error while Redis was down");
+    assert!(
+        matches!(failed.attr("error.type"), Some("unavailable" | "timeout")),
+        "{failed:#?}"
+    );
+    assert!(
+        failed.status_message.starts_with("counter store"),
+        "{failed:#?}"
+    );
+    assert_eq!(
+        failed.attr("sluice.redis.batch_checks"),
+        None,
+        "{failed:#?}"
+    );
+    let exception = failed
+        .events
+        .iter()
+        .find(|(name, _)| name == "exception")
+        .unwrap_or_else(|| panic!("no exception event on {failed:#?}"));
+    assert_eq!(
+        exception.1.get("exception.message").map(String::as_str),
+        Some(failed.status_message.as_str())
+    );
+}

@@ -120,6 +120,38 @@ pub enum RepoError {
 }
 
 impl RepoError {
+    /// A bounded name for what went wrong, for metric labels and spans:
+    /// `unavailable` (no connection, the connection broke, no pooled
+    /// connection free in time), `database` (the server answered with an
+    /// error, a cancelled statement included), `corrupt` (a row sluice
+    /// cannot read) or `other`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RepoError::Db(e) | RepoError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => {
+                match e {
+                    sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed => "unavailable",
+                    sqlx::Error::Database(_) => "database",
+                    sqlx::Error::ColumnNotFound(_)
+                    | sqlx::Error::ColumnDecode { .. }
+                    | sqlx::Error::Decode(_)
+                    | sqlx::Error::TypeNotFound { .. } => "corrupt",
+                    _ => "other",
+                }
+            }
+            RepoError::ConnectTimeout(_) => "unavailable",
+            RepoError::Corrupt { .. } => "corrupt",
+            RepoError::Scheme(_)
+            | RepoError::Migrate(_)
+            | RepoError::Create { .. }
+            | RepoError::Lock { .. }
+            | RepoError::TlsFile { .. } => "other",
+        }
+    }
+
     /// Whether the failure may pass by itself: the server is not up yet,
     /// is starting (PostgreSQL's 57P03), has no connection slot free, or
     /// dropped the connection. Start-up retries these, and only these; a

@@ -230,6 +230,10 @@ pub struct SegmentReply {
     /// The Redis server's time the batch ran at, ns since the epoch.
     pub now_ns: u64,
     pub results: SmallVec<[Raw; 4]>,
+    /// Checks in the whole call, other segments' included (for spans).
+    pub batch_checks: usize,
+    /// Segments (requests, or parts of one) the call carried.
+    pub batch_segments: usize,
 }
 
 /// One check's entry in a batch reply.
@@ -749,11 +753,14 @@ fn deliver(batch: &mut Batch, result: Result<Bytes, BatchError>) {
     match result.and_then(|blob| decode(&blob, batch.checks).map_err(BatchError::Store)) {
         Ok((now_ns, results)) => {
             let mut results = results.into_iter();
+            let batch_segments = segments.len();
             for s in segments {
                 let mine: SmallVec<[Raw; 4]> = results.by_ref().take(s.checks).collect();
                 let _ = s.tx.send(Ok(SegmentReply {
                     now_ns,
                     results: mine,
+                    batch_checks: batch.checks,
+                    batch_segments,
                 }));
             }
         }

@@ -404,6 +404,8 @@ pub struct Inner {
     single: Node,
     keys: KeySpace,
     url: String,
+    /// `host:port` of the URL, for spans (no credentials).
+    server: String,
     command_timeout: Duration,
     jitter_ms: u64,
     scripts: Scripts,
@@ -582,6 +584,7 @@ impl RedisStore {
             single: Node::detached(),
             keys,
             url: url.clone(),
+            server: authority_of(&url),
             command_timeout,
             jitter_ms: u64::try_from(options.expiry_jitter.as_millis()).unwrap_or(u64::MAX),
             scripts,
@@ -707,7 +710,12 @@ impl Inner {
 
     /// Every check with limits through the batch calls; see the module
     /// docs for resends.
-    async fn check_batched(&self, checks: &[Check<'_>], results: &mut [Option<CheckResult>]) {
+    async fn check_batched(
+        &self,
+        checks: &[Check<'_>],
+        results: &mut [Option<CheckResult>],
+        mut trace: Option<&mut CallTrace>,
+    ) {
         let tags: SmallVec<[Tag; 4]> = checks.iter().map(|c| Tag::of(c.key)).collect();
         let mut todo: SmallVec<[usize; 8]> = (0..checks.len())
             .filter(|&i| results[i].is_none())
@@ -743,6 +751,13 @@ impl Inner {
                 let Some(node) = topology.nodes.get(*n) else {
                     continue;
                 };
+                if let Some(t) = trace.as_deref_mut() {
+                    t.node(|| match &node.server {
+                        Some(s) => format!("{}:{}", s.host, s.port),
+                        None => self.server.clone(),
+                    });
+                    t.checks += group.len() as u64;
+                }
                 for chunk in group.chunks(self.dispatcher.max_checks) {
                     buf.clear();
                     for &i in chunk {
@@ -754,6 +769,9 @@ impl Inner {
                 }
             }
             calls += waits.len() as u64;
+            if let Some(t) = trace.as_deref_mut() {
+                t.calls += waits.len() as u64;
+            }
             todo.clear();
             let replies: SmallVec<[_; 3]> = if let [(_, rx)] = &mut waits[..] {
                 smallvec::smallvec![rx.await]
@@ -782,6 +800,10 @@ impl Inner {
                         }
                     }
                     Ok(Ok(seg)) => {
+                        if let Some(t) = trace.as_deref_mut() {
+                            t.batch_checks += seg.batch_checks as u64;
+                            t.batch_segments += seg.batch_segments as u64;
+                        }
                         for (&i, raw) in idx.iter().zip(seg.results) {
                             results[i] = Some(match raw {
                                 Raw::Done {
@@ -1029,7 +1051,12 @@ impl Inner {
 
     /// Every check with limits as its own `EVALSHA`, pipelined, waited for
     /// on the wire like a batch call.
-    async fn check_per_check(&self, checks: &[Check<'_>], results: &mut [Option<CheckResult>]) {
+    async fn check_per_check(
+        &self,
+        checks: &[Check<'_>],
+        results: &mut [Option<CheckResult>],
+        trace: Option<&mut CallTrace>,
+    ) {
         if self.single.is_down() {
             let e = StoreError::Unavailable(format!("Redis at {} is down", self.url));
             for r in results.iter_mut().filter(|r| r.is_none()) {
@@ -1052,6 +1079,13 @@ impl Inner {
         self.counters.checks.fetch_add(todo.len() as u64, Relaxed);
         #[allow(clippy::cast_precision_loss)]
         self.calls_per_decision.observe(todo.len() as f64);
+        if let Some(t) = trace {
+            t.node(|| self.server.clone());
+            t.checks += todo.len() as u64;
+            t.calls += todo.len() as u64;
+            t.batch_checks += todo.len() as u64;
+            t.batch_segments += 1;
+        }
         let all = futures_util::future::join_all(
             todo.iter().map(|&i| self.check_one(client, &checks[i])),
         );
@@ -1079,10 +1113,17 @@ impl Inner {
             .collect();
         if results.iter().any(Option::is_none) {
             self.counters.batches.fetch_add(1, Relaxed);
+            let span = crate::telemetry::otel::parent_span().map(|p| self.store_span(&p));
+            let mut trace = span.as_ref().map(|_| CallTrace::default());
             if self.is_batched() {
-                self.check_batched(checks, &mut results).await;
+                self.check_batched(checks, &mut results, trace.as_mut())
+                    .await;
             } else {
-                self.check_per_check(checks, &mut results).await;
+                self.check_per_check(checks, &mut results, trace.as_mut())
+                    .await;
+            }
+            if let (Some(span), Some(trace)) = (span, trace) {
+                trace.finish(&span, &results);
             }
         }
         let mut out = CheckResults::with_capacity(results.len());
@@ -1096,6 +1137,105 @@ impl Inner {
         }
         out
     }
+}
+
+impl Inner {
+    /// The span of one request's wait on Redis, a child of `parent` (its
+    /// RPC's SERVER span); see [`CallTrace`].
+    fn store_span(&self, parent: &tracing::Span) -> tracing::Span {
+        let batched = self.is_batched();
+        tracing::info_span!(
+            target: "sluice::store",
+            parent: parent,
+            "redis",
+            otel.name = if batched { "EVALSHA batch" } else { "EVALSHA" },
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            db.system.name = "redis",
+            db.operation.name = "EVALSHA",
+            server.address = tracing::field::Empty,
+            sluice.redis.nodes = tracing::field::Empty,
+            sluice.redis.batched = batched,
+            sluice.redis.checks = tracing::field::Empty,
+            sluice.redis.calls = tracing::field::Empty,
+            sluice.redis.batch_checks = tracing::field::Empty,
+            sluice.redis.batch_requests = tracing::field::Empty,
+        )
+    }
+}
+
+/// What one request's store call did, for its span (only while tracing is
+/// on and the request is traced).
+///
+/// Batch calls coalesce the checks of concurrent requests, so a call has
+/// no one parent request. The span is therefore the *request's*: it
+/// starts when the request hands its checks to the node queues and ends
+/// when its last reply is in, a child of that request's SERVER span. It
+/// names the nodes the request's checks went to, how many checks it sent
+/// and how many script calls it waited on (one per node, plus resends),
+/// and how many checks and requests those calls carried in all (its own
+/// included: `batch_checks` above `checks` means it shared a call). The
+/// call itself gets no span: one span per batch call would start a trace
+/// of its own (no request owns it) for every round trip.
+#[derive(Debug, Default)]
+struct CallTrace {
+    /// `host:port` of the nodes the request's checks went to.
+    nodes: SmallVec<[String; 2]>,
+    checks: u64,
+    calls: u64,
+    batch_checks: u64,
+    batch_segments: u64,
+}
+
+/// Most node names a span lists.
+const MAX_SPAN_NODES: usize = 8;
+
+impl CallTrace {
+    fn node(&mut self, name: impl FnOnce() -> String) {
+        if self.nodes.len() < MAX_SPAN_NODES {
+            let name = name();
+            if !self.nodes.contains(&name) {
+                self.nodes.push(name);
+            }
+        }
+    }
+
+    /// Records the counts, and the first failed check's error.
+    fn finish(self, span: &tracing::Span, results: &[Option<CheckResult>]) {
+        let nodes = self.nodes.join(",");
+        if let [one] = self.nodes.as_slice() {
+            span.record("server.address", one.as_str());
+        }
+        span.record("sluice.redis.nodes", nodes.as_str());
+        span.record("sluice.redis.checks", self.checks);
+        span.record("sluice.redis.calls", self.calls);
+        // Known only from answered calls.
+        if self.batch_segments > 0 {
+            span.record("sluice.redis.batch_checks", self.batch_checks);
+            span.record("sluice.redis.batch_requests", self.batch_segments);
+        }
+        let failed = results.iter().flatten().find_map(|r| r.as_ref().err());
+        if let Some(e) = failed {
+            let kind = match e {
+                StoreError::Unavailable(_) => "unavailable",
+                StoreError::Timeout(_) => "timeout",
+            };
+            crate::telemetry::otel::record_error(span, kind, &e.to_string());
+        }
+    }
+}
+
+/// `host:port` of a (redacted) URL: what follows the credentials, up to
+/// the path or query.
+fn authority_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, a)| a)
+        .to_string()
 }
 
 /// What a single-check script replied, with the states it read rebuilt.

@@ -33,6 +33,9 @@ pub struct RecvSpan {
     pub attrs: HashMap<String, String>,
     /// OTLP status code: 0 unset, 1 ok, 2 error.
     pub status: i32,
+    pub status_message: String,
+    /// Events, by name, with their attributes.
+    pub events: Vec<(String, HashMap<String, String>)>,
     /// Which transport brought it: "grpc" or "http".
     pub via: &'static str,
 }
@@ -84,6 +87,16 @@ fn collect(req: &ExportTraceServiceRequest, via: &'static str, into: &Mutex<Vec<
                     kind: s.kind,
                     attrs: map(&s.attributes),
                     status: s.status.as_ref().map_or(0, |st| st.code),
+                    status_message: s
+                        .status
+                        .as_ref()
+                        .map(|st| st.message.clone())
+                        .unwrap_or_default(),
+                    events: s
+                        .events
+                        .iter()
+                        .map(|e| (e.name.clone(), map(&e.attributes)))
+                        .collect(),
                     via,
                 });
             }

@@ -247,6 +247,21 @@ fn header_name(s: &str) -> Result<String, String> {
     Ok(lower)
 }
 
+/// `--jwt-max-lifetime`: seconds, `None` for no bound.
+#[derive(Debug, Clone, Copy)]
+struct MaxLifetime(Option<u64>);
+
+fn max_lifetime(s: &str) -> Result<MaxLifetime, String> {
+    if matches!(s.trim(), "0" | "off" | "none") {
+        return Ok(MaxLifetime(None));
+    }
+    let d = sluice::cli::parse_duration(s)?;
+    if d.as_secs() == 0 {
+        return Ok(MaxLifetime(None));
+    }
+    Ok(MaxLifetime(Some(d.as_secs())))
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormatArg {
     Json,
@@ -420,6 +435,13 @@ struct ServeArgs {
     /// Required `aud` of admin tokens.
     #[arg(long, env = "SLUICE_JWT_AUDIENCE")]
     jwt_audience: Option<String>,
+    /// Seconds of clock skew allowed on admin tokens' exp, nbf and iat (at most 300).
+    #[arg(long, env = "SLUICE_JWT_LEEWAY", default_value_t = sluice::auth::DEFAULT_LEEWAY_SECS, value_parser = clap::value_parser!(u64).range(0..=sluice::auth::MAX_LEEWAY_SECS))]
+    jwt_leeway: u64,
+    /// Longest lifetime (exp - iat) of an admin token, e.g. 1h, 24h, 30d; a token without
+    /// iat, or living longer, is refused. 0: no bound.
+    #[arg(long, env = "SLUICE_JWT_MAX_LIFETIME", default_value = "24h", value_parser = max_lifetime)]
+    jwt_max_lifetime: MaxLifetime,
     /// Keys held in the validation cache (0: no cache).
     #[arg(long, env = "SLUICE_KEY_CACHE_SIZE", default_value_t = 100_000)]
     key_cache_size: u64,
@@ -657,7 +679,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             jwks: args.jwt_jwks,
             issuer: args.jwt_issuer,
             audience: args.jwt_audience,
-            leeway_secs: 30,
+            leeway_secs: args.jwt_leeway,
+            max_lifetime_secs: args.jwt_max_lifetime.0,
         },
         options: KeyOptions {
             cache: CacheOptions {

@@ -7,8 +7,11 @@
 //! each key verifies exactly one algorithm, and a token is only ever
 //! checked with a key of the algorithm it names, so `alg: none` and
 //! algorithm confusion (an HS256 token "signed" with a public key's bytes)
-//! fail. `exp` and `sub` are required; `nbf` is checked when present;
-//! `iss` and `aud` are required and checked when configured.
+//! fail. A token naming a `kid` is checked only with the key carrying that
+//! kid, never with an unnamed key (the secret, a PEM key). `exp` and `sub`
+//! are required; `nbf` is checked when present; `iss` and `aud` are
+//! required and checked when configured; with a maximum lifetime, `iat` is
+//! required and `exp - iat` bounded.
 //!
 //! Files:
 //! * `scope.rs`: [`Scope`].
@@ -40,8 +43,10 @@ pub use verify::{AdminAuth, AdminAuthConfig, Claims};
 /// Shortest HS256 secret accepted, in bytes (RFC 7518 §3.2: at least the
 /// hash size).
 pub const MIN_SECRET_BYTES: usize = 32;
-/// Largest clock skew allowed on `exp` and `nbf`.
+/// Largest clock skew allowed on `exp`, `nbf` and `iat`.
 pub const MAX_LEEWAY_SECS: u64 = 300;
+/// Clock skew allowed by default (`--jwt-leeway`).
+pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 /// Longest `sub` accepted or minted; it becomes the audit trail's actor.
 pub const MAX_SUBJECT_BYTES: usize = 256;
 

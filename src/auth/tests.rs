@@ -440,8 +440,12 @@ fn public_keys_from_pem_and_jwks() {
         let key = private_key(&format!("{name}.key"));
         let pem = pem(&format!("{name}.pub"));
         assert_eq!(passes(&pem, &sign(alg, &key, None, &body)).sub, "ops");
-        // A kid means nothing to a PEM key.
-        passes(&pem, &sign(alg, &key, Some("any"), &body));
+        // A kid never falls back to the PEM key, which has none.
+        assert_eq!(
+            rejected(&pem, &sign(alg, &key, Some("any"), &body)),
+            "unknown kid",
+            "{name}"
+        );
         assert_eq!(passes(&jwks, &sign(alg, &key, Some(kid), &body)).sub, "ops");
         let t = sign(alg, &key, Some("unknown-kid"), &body);
         assert_eq!(rejected(&jwks, &t), "unknown kid", "{name}");
@@ -497,10 +501,11 @@ fn jwks_keys_are_chosen_by_kid() {
     .unwrap();
     passes(&mixed, &sign(Algorithm::RS256, &rsa1, None, &body));
     passes(&mixed, &sign(Algorithm::RS256, &rsa2, Some("rsa-2"), &body));
-    // An unknown kid falls to the key without a kid.
+    // An unknown kid never falls to the key without a kid, even when that
+    // key did sign the token.
     assert_eq!(
-        rejected(&mixed, &sign(Algorithm::RS256, &rsa2, Some("x"), &body)),
-        "bad signature"
+        rejected(&mixed, &sign(Algorithm::RS256, &rsa1, Some("x"), &body)),
+        "unknown kid"
     );
 }
 
@@ -528,16 +533,106 @@ fn secret_and_public_keys_together() {
             &body,
         ),
     );
-    // Minted tokens carry no kid; a kid still finds the secret.
-    passes(
-        &all,
-        &sign(
-            Algorithm::HS256,
-            &EncodingKey::from_secret(SECRET),
-            Some("k"),
-            &body,
-        ),
+    // Minted tokens carry no kid; a kid the keys do not have is refused,
+    // never checked with the secret.
+    let hs_kid = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(SECRET),
+        Some("k"),
+        &body,
     );
+    assert_eq!(rejected(&all, &hs_kid), "unknown kid");
+    assert_eq!(rejected(&hs(), &hs_kid), "unknown kid");
+}
+
+/// HS256 without iss/aud, with `max` as `--jwt-max-lifetime`.
+fn bounded(max: u64) -> AdminAuth {
+    AdminAuth::from_config(&AdminAuthConfig {
+        hs256_secret: Some(SECRET.to_vec().into()),
+        max_lifetime_secs: Some(max),
+        ..config()
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_lifetime_is_bounded_when_configured() {
+    let a = bounded(3600);
+    // exp - iat = 3600: at the bound.
+    let body = with(claims(3600), "iat", json!(now()));
+    passes(&a, &hs_token(&body));
+    // One second over.
+    let body = with(claims(3601), "iat", json!(now()));
+    let r = rejected(&a, &hs_token(&body));
+    assert!(
+        r.contains("lifetime") && r.contains("3601 s") && r.contains("3600 s"),
+        "{r}"
+    );
+    assert!(r.contains("--jwt-max-lifetime"), "{r}");
+    // An old iat counts: issued 2 h ago, valid 10 more minutes.
+    let body = with(claims(600), "iat", json!(now() - 7200));
+    assert_rejected(&a, &hs_token(&body), "over the maximum");
+    // No iat: refused, since the lifetime is unknown.
+    let r = rejected(&a, &hs_token(&without(claims(60), "iat")));
+    assert!(r.contains("missing iat"), "{r}");
+    assert_rejected(
+        &a,
+        &hs_token(&with(claims(60), "iat", json!("yesterday"))),
+        "malformed iat",
+    );
+    // An iat in the future would stretch the lifetime past the bound.
+    let body = with(claims(7200), "iat", json!(now() + 7000));
+    assert_rejected(&a, &hs_token(&body), "issued in the future");
+    // Inside the leeway it is clock skew.
+    let body = with(claims(60), "iat", json!(now() + 10));
+    passes(&a, &hs_token(&body));
+    // No exp is refused either way.
+    assert_rejected(&a, &hs_token(&without(claims(60), "exp")), "missing exp");
+    // Unbounded (the default of AdminAuthConfig), iat is not needed.
+    let open = AdminAuth::from_config(&AdminAuthConfig {
+        hs256_secret: Some(SECRET.to_vec().into()),
+        ..config()
+    })
+    .unwrap();
+    passes(&open, &hs_token(&without(claims(400 * 86_400), "iat")));
+}
+
+#[test]
+fn minted_tokens_fit_a_bound_as_long_as_their_ttl() {
+    let t = mint_hs256(
+        SECRET,
+        "ops",
+        &[Scope::KeysRead],
+        Duration::from_secs(3600),
+        None,
+        None,
+    )
+    .unwrap();
+    passes(&bounded(3600), &t);
+    assert_rejected(&bounded(3599), &t, "over the maximum");
+}
+
+#[test]
+fn the_leeway_is_configurable() {
+    let with_leeway = |secs| {
+        AdminAuth::from_config(&AdminAuthConfig {
+            hs256_secret: Some(SECRET.to_vec().into()),
+            leeway_secs: secs,
+            ..AdminAuthConfig::default()
+        })
+        .unwrap()
+    };
+    let expired_20s_ago = hs_token(&without(without(claims(-20), "iss"), "aud"));
+    passes(&with_leeway(30), &expired_20s_ago);
+    assert_rejected(&with_leeway(10), &expired_20s_ago, "token expired");
+    assert_rejected(&with_leeway(0), &expired_20s_ago, "token expired");
+    let later = hs_token(&with(
+        without(without(claims(120), "iss"), "aud"),
+        "nbf",
+        json!(now() + 20),
+    ));
+    passes(&with_leeway(30), &later);
+    assert_rejected(&with_leeway(10), &later, "not valid yet");
 }
 
 #[test]

@@ -33,9 +33,12 @@ pub struct AdminAuthConfig {
     pub issuer: Option<String>,
     /// A value the `aud` of every token must hold, when set.
     pub audience: Option<String>,
-    /// Clock skew allowed on `exp` and `nbf`, at most
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, at most
     /// [`MAX_LEEWAY_SECS`].
     pub leeway_secs: u64,
+    /// Longest lifetime (`exp - iat`) accepted, in seconds; with a bound a
+    /// token must carry `iat`, not in the future. `None`: no bound.
+    pub max_lifetime_secs: Option<u64>,
 }
 
 impl fmt::Debug for AdminAuthConfig {
@@ -47,6 +50,7 @@ impl fmt::Debug for AdminAuthConfig {
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("leeway_secs", &self.leeway_secs)
+            .field("max_lifetime_secs", &self.max_lifetime_secs)
             .finish()
     }
 }
@@ -76,6 +80,7 @@ pub struct AdminAuth {
     issuer: Option<String>,
     audience: Option<String>,
     leeway: u64,
+    max_lifetime: Option<u64>,
 }
 
 impl fmt::Debug for AdminAuth {
@@ -85,6 +90,7 @@ impl fmt::Debug for AdminAuth {
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("leeway", &self.leeway)
+            .field("max_lifetime", &self.max_lifetime)
             .finish()
     }
 }
@@ -98,6 +104,7 @@ impl AdminAuth {
             issuer: None,
             audience: None,
             leeway: 0,
+            max_lifetime: None,
         }
     }
 
@@ -129,6 +136,7 @@ impl AdminAuth {
             issuer: c.issuer.clone(),
             audience: c.audience.clone(),
             leeway: c.leeway_secs,
+            max_lifetime: c.max_lifetime_secs,
         })
     }
 
@@ -164,18 +172,51 @@ impl AdminAuth {
         let reject = |reason: &str| AuthError::Unauthenticated(reason.to_string());
         let token = token::bearer_token(authorization).map_err(reject)?;
         let head = token::inspect(token).map_err(reject)?;
-        let key = self.select(&head).map_err(reject)?;
+        let key = AdminAuth::select(&self.keys, &head).map_err(reject)?;
         let data = jsonwebtoken::decode::<Value>(token, &key.key, &self.validation(key.alg))
             .map_err(|e| reject(reason(e.kind())))?;
-        claims(&data.claims).map_err(reject)
+        let claims = claims(&data.claims).map_err(reject)?;
+        if let Some(max) = self.max_lifetime {
+            self.check_lifetime(&data.claims, claims.exp, max)?;
+        }
+        Ok(claims)
     }
 
-    /// The key to verify a token with: the one of its algorithm named by
-    /// its `kid`; else the one of its algorithm without a kid (the secret,
-    /// the PEM key), which answers to any kid; else, for a token without a
-    /// kid, the only key of its algorithm.
-    fn select(&self, head: &Unverified) -> Result<&VerifyKey, &'static str> {
-        let family: Vec<&VerifyKey> = self.keys.iter().filter(|k| k.alg == head.alg).collect();
+    /// With `--jwt-max-lifetime`: `iat` present, not in the future, and
+    /// `exp - iat` at most `max` seconds.
+    fn check_lifetime(&self, payload: &Value, exp: u64, max: u64) -> Result<(), AuthError> {
+        let reject = |reason: String| Err(AuthError::Unauthenticated(reason));
+        let iat = match payload.get("iat") {
+            None | Some(Value::Null) => {
+                return reject(format!(
+                    "missing iat claim: tokens must say when they were issued, and live at most {max} s (--jwt-max-lifetime)"
+                ));
+            }
+            Some(v) => numeric_date(v),
+        };
+        let Some(iat) = iat else {
+            return reject("malformed iat claim".into());
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        if iat > now.saturating_add(self.leeway) {
+            return reject("token issued in the future (iat is after now)".into());
+        }
+        let lifetime = exp.saturating_sub(iat);
+        if lifetime > max {
+            return reject(format!(
+                "token lifetime (exp - iat) is {lifetime} s, over the maximum of {max} s (--jwt-max-lifetime)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key to verify a token with. A token naming a `kid` is checked
+    /// only with the key of its algorithm carrying that kid, never with an
+    /// unnamed key (the secret, the PEM key): an unknown kid is refused.
+    /// A token without a kid is checked with the one key of its algorithm
+    /// without a kid, else with the only key of its algorithm.
+    fn select<'k>(keys: &'k [VerifyKey], head: &Unverified) -> Result<&'k VerifyKey, &'static str> {
+        let family: Vec<&VerifyKey> = keys.iter().filter(|k| k.alg == head.alg).collect();
         if family.is_empty() {
             return Err(match head.alg {
                 Alg::Hs256 => "algorithm HS256 is not allowed for the configured keys",
@@ -184,17 +225,16 @@ impl AdminAuth {
                 Alg::EdDsa => "algorithm EdDSA is not allowed for the configured keys",
             });
         }
-        if let Some(kid) = &head.kid
-            && let Some(k) = family.iter().find(|k| k.kid.as_ref() == Some(kid))
-        {
-            return Ok(k);
+        if let Some(kid) = &head.kid {
+            return family
+                .into_iter()
+                .find(|k| k.kid.as_ref() == Some(kid))
+                .ok_or("unknown kid");
         }
-        let unnamed: Vec<&&VerifyKey> = family.iter().filter(|k| k.kid.is_none()).collect();
-        match (&head.kid, unnamed.as_slice(), family.as_slice()) {
-            (_, [k], _) => Ok(k),
-            (Some(_), _, _) => Err("unknown kid"),
-            (None, _, [k]) => Ok(k),
-            (None, _, _) => Err("the token has no kid and several keys could verify it"),
+        let unnamed: Vec<&VerifyKey> = family.iter().copied().filter(|k| k.kid.is_none()).collect();
+        match (unnamed.as_slice(), family.as_slice()) {
+            ([k], _) | (_, [k]) => Ok(k),
+            _ => Err("the token has no kid and several keys could verify it"),
         }
     }
 
@@ -249,6 +289,19 @@ fn reason(kind: &ErrorKind) -> &'static str {
     }
 }
 
+/// An RFC 7519 NumericDate (an integer or a float, not negative), in
+/// whole seconds; a fraction is dropped.
+fn numeric_date(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f as u64)
+        }),
+        _ => None,
+    }
+}
+
 /// The claims sluice uses, from a verified payload.
 fn claims(payload: &Value) -> Result<Claims, &'static str> {
     let sub = match payload.get("sub") {
@@ -261,15 +314,10 @@ fn claims(payload: &Value) -> Result<Claims, &'static str> {
     };
     // jsonwebtoken has checked exp (an integer or a float, RFC 7519
     // NumericDate); a fraction is dropped.
-    let exp = match payload.get("exp") {
-        Some(Value::Number(n)) => n.as_u64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.is_finite() && *f >= 0.0)
-                .map(|f| f as u64)
-        }),
-        _ => None,
-    }
-    .ok_or("malformed exp claim")?;
+    let exp = payload
+        .get("exp")
+        .and_then(numeric_date)
+        .ok_or("malformed exp claim")?;
     let scopes = match payload.get("scope") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(list)) => Scope::parse_list(list),

@@ -10,6 +10,7 @@
 
 mod support;
 
+mod admin_auth;
 mod admin_listener;
 mod alerts;
 mod authz;

@@ -1,0 +1,186 @@
+//! Admin-token rules through the real binary: a `kid` no key has is
+//! refused (never checked with the HS256 secret or a PEM key), the clock
+//! leeway is `--jwt-leeway`, the lifetime is bounded by
+//! `--jwt-max-lifetime`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use sluice::grpc::pb::sluice::v1 as pb;
+use sluice::grpc::pb::sluice::v1::admin_service_client::AdminServiceClient;
+use tonic::Code;
+
+use crate::support::{BIN, Opts, Sluice};
+
+const SECRET: &str = "it-admin-auth-secret-0123456789abcdef";
+
+const CONFIG: &str = "\
+domain: d
+descriptors:
+  - key: k
+    rate_limit: {unit: minute, requests_per_unit: 10}
+";
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/jwt")
+        .join(name)
+}
+
+fn start(extra: &[&str]) -> Sluice {
+    Sluice::start_with(
+        CONFIG,
+        Opts {
+            args: extra,
+            env: &[("SLUICE_JWT_SECRET", SECRET)],
+            ..Opts::default()
+        },
+    )
+}
+
+fn now() -> i64 {
+    i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap()
+}
+
+fn hs256(kid: Option<&str>, claims: &Value) -> String {
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&h, claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+}
+
+fn rs256(kid: Option<&str>, claims: &Value) -> String {
+    let pem = std::fs::read(fixture("rsa.key")).unwrap();
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&h, claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+/// Claims issued `age` seconds ago, living `lifetime` seconds.
+fn claims(age: i64, lifetime: i64) -> Value {
+    json!({"sub": "it", "scope": "plans:read", "iat": now() - age, "exp": now() - age + lifetime})
+}
+
+/// ListPlans with `token`: Ok, or the refusal's code and message.
+async fn list_plans(s: &Sluice, token: &str) -> Result<(), (Code, String)> {
+    let mut c = AdminServiceClient::new(s.admin_channel().await);
+    let mut r = tonic::Request::new(pb::ListPlansRequest::default());
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    c.list_plans(r)
+        .await
+        .map(|_| ())
+        .map_err(|e| (e.code(), e.message().to_string()))
+}
+
+fn refused(r: Result<(), (Code, String)>, reason: &str) {
+    match r {
+        Err((Code::Unauthenticated, m)) if m.contains(reason) => {}
+        other => panic!("expected UNAUTHENTICATED with {reason:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_kid_never_falls_back_to_an_unnamed_key() {
+    let pem = fixture("rsa.pub");
+    let s = start(&["--jwt-public-key", pem.to_str().unwrap()]);
+    let c = claims(0, 600);
+    // Without a kid, the secret and the PEM key (neither has a kid) verify.
+    list_plans(&s, &hs256(None, &c)).await.unwrap();
+    list_plans(&s, &rs256(None, &c)).await.unwrap();
+    // The same tokens naming a kid no key has: refused, although the
+    // secret and the PEM key would verify their signatures.
+    refused(list_plans(&s, &hs256(Some("k1"), &c)).await, "unknown kid");
+    refused(
+        list_plans(&s, &rs256(Some("rsa-1"), &c)).await,
+        "unknown kid",
+    );
+    drop(s);
+
+    // With a JWKS, a kid picks its key; an unknown one is still refused.
+    let jwks = fixture("jwks.json");
+    let s = start(&["--jwt-jwks", jwks.to_str().unwrap()]);
+    list_plans(&s, &rs256(Some("rsa-1"), &c)).await.unwrap();
+    refused(
+        list_plans(&s, &rs256(Some("rsa-9"), &c)).await,
+        "unknown kid",
+    );
+    refused(
+        list_plans(&s, &hs256(Some("rsa-1"), &c)).await,
+        "unknown kid",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leeway_is_a_flag() {
+    // Expired 10 s ago: inside the default 30 s leeway, outside 0.
+    let late = hs256(None, &claims(70, 60));
+    let s = start(&[]);
+    list_plans(&s, &late).await.unwrap();
+    drop(s);
+    let s = start(&["--jwt-leeway", "0"]);
+    refused(list_plans(&s, &late).await, "token expired");
+    drop(s);
+    let s = Sluice::start_with(
+        CONFIG,
+        Opts {
+            env: &[("SLUICE_JWT_SECRET", SECRET), ("SLUICE_JWT_LEEWAY", "0")],
+            ..Opts::default()
+        },
+    );
+    refused(list_plans(&s, &late).await, "token expired");
+    // Over 300 s is refused at start.
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "x.yaml", "--jwt-leeway", "301"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--jwt-leeway"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lifetime_is_bounded_by_default_and_by_the_flag() {
+    let mint = |ttl: &str| {
+        let out = Command::new(BIN)
+            .args(["token", "--scope", "plans:read", "--ttl", ttl])
+            .env("SLUICE_JWT_SECRET", SECRET)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    // Default: 24 h.
+    let s = start(&[]);
+    list_plans(&s, &mint("24h")).await.unwrap();
+    let (code, message) = list_plans(&s, &mint("30d")).await.unwrap_err();
+    assert_eq!(code, Code::Unauthenticated);
+    assert!(
+        message.contains("2592000 s") && message.contains("86400 s"),
+        "{message}"
+    );
+    assert!(message.contains("--jwt-max-lifetime"), "{message}");
+    // No iat: the lifetime is unknown.
+    let no_iat = json!({"sub": "it", "scope": "plans:read", "exp": now() + 60});
+    refused(list_plans(&s, &hs256(None, &no_iat)).await, "missing iat");
+    drop(s);
+
+    let s = start(&["--jwt-max-lifetime", "1h"]);
+    list_plans(&s, &hs256(None, &claims(0, 3600)))
+        .await
+        .unwrap();
+    refused(
+        list_plans(&s, &mint("2h")).await,
+        "over the maximum of 3600 s",
+    );
+    drop(s);
+
+    // 0 turns the bound off.
+    let s = start(&["--jwt-max-lifetime", "0"]);
+    list_plans(&s, &mint("30d")).await.unwrap();
+    list_plans(&s, &hs256(None, &no_iat)).await.unwrap();
+}

@@ -42,7 +42,7 @@ use crate::grpc::pb::envoy::service::auth::v3::authorization_server::Authorizati
 use crate::grpc::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::grpc::pb::sluice::v1::admin_service_server::AdminServiceServer;
 use crate::grpc::pb::sluice::v1::key_service_server::KeyServiceServer;
-use crate::grpc::{AdminGrpc, AuthzGrpc, KeyGrpc, RlsService};
+use crate::grpc::{AdminGate, AdminGrpc, AuthzGrpc, KeyGrpc, RlsService};
 use crate::http::{self, HttpState};
 use crate::keys::cache::KeyCache;
 use crate::keys::hashing::KeyHasher;
@@ -557,8 +557,15 @@ impl Application {
         let key_service =
             KeyServiceServer::new(KeyGrpc::new(keys.clone(), metrics.clone(), caller.clone()))
                 .max_decoding_message_size(cfg.max_request_bytes);
-        let admin_service = AdminServiceServer::new(AdminGrpc::new(key_admin, auth))
-            .max_decoding_message_size(cfg.max_request_bytes);
+        // Every admin call passes the one gate: method → scope, token,
+        // failed-authentication and admin-call allowances.
+        let admin_service = AdminGate::new(
+            AdminServiceServer::new(AdminGrpc::new(key_admin.clone()))
+                .max_decoding_message_size(cfg.max_request_bytes),
+            auth,
+            key_admin,
+            caller.clone(),
+        );
         let gate = Arc::new(Gate::new(decider.clone(), cfg.authz.clone()));
         let authz_service = AuthorizationServer::new(AuthzGrpc::new(gate.clone(), metrics.clone()))
             .max_decoding_message_size(cfg.max_request_bytes);

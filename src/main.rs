@@ -482,6 +482,15 @@ struct ServeArgs {
     /// Admin calls allowed per token subject per minute (0: no limit).
     #[arg(long, env = "SLUICE_ADMIN_CALLS_PER_MINUTE", default_value_t = 600)]
     admin_calls_per_minute: u32,
+    /// Failed admin authentications (UNAUTHENTICATED) allowed per caller (--caller-id-header,
+    /// else the peer address) per minute; past it every admin call of that caller is refused
+    /// with RESOURCE_EXHAUSTED until the minute ends, its token unchecked (0: no limit).
+    #[arg(
+        long,
+        env = "SLUICE_ADMIN_AUTH_FAILURES_PER_MINUTE",
+        default_value_t = 20
+    )]
+    admin_auth_failures_per_minute: u32,
     /// Export traces over OTLP to this collector (as OTEL_EXPORTER_OTLP_ENDPOINT). Unset, with
     /// no OTEL_EXPORTER_OTLP_*ENDPOINT either: tracing is off.
     #[arg(long, env = "SLUICE_OTEL_ENDPOINT")]
@@ -691,6 +700,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             guard: GuardOptions {
                 failed_validations_per_minute: args.failed_validations_per_minute,
                 admin_calls_per_minute: args.admin_calls_per_minute,
+                admin_auth_failures_per_minute: args.admin_auth_failures_per_minute,
             },
             flush_every: Duration::from_millis(args.usage_flush_interval_ms),
             resolver: ResolverOptions {

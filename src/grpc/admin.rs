@@ -1,23 +1,23 @@
 //! `sluice.v1.AdminService`: keys, plans, usage and audit over gRPC.
 //!
-//! Each call is authorized first (a bearer JWT carrying the RPC's scope,
-//! and the caller's allowance of admin calls), then translated into the
-//! key admin's types; every field problem comes back as
-//! INVALID_ARGUMENT naming the field.
+//! Every call reaches a handler only through [`super::admin_gate`], which
+//! authorizes it by one method → scope table and hands over the
+//! [`Actor`]; a handler translates the call into the key admin's types;
+//! every field problem comes back as INVALID_ARGUMENT naming the field.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use super::admin_gate::actor;
 use super::pb::sluice::v1 as pb;
 use super::pb::sluice::v1::admin_service_server::AdminService;
 use super::status::key_status;
-use crate::auth::{AdminAuth, AuthError, Scope};
 use crate::core::limit::Algorithm;
 use crate::core::unit::Unit;
 use crate::keys::model::{
-    Actor, ApiKey, AuditEvent, KeyState, Millis, Plan, PlanLimit, Quota, UsageDay, Window,
+    ApiKey, AuditEvent, KeyState, Millis, Plan, PlanLimit, Quota, UsageDay, Window,
 };
 use crate::keys::repo::{KeyChanges, KeyFilter};
 use crate::keys::{KeyAdmin, KeyError, NewKey, PlanDraft, validate};
@@ -26,12 +26,11 @@ use crate::keys::{KeyAdmin, KeyError, NewKey, PlanDraft, validate};
 #[derive(Debug)]
 pub struct AdminGrpc {
     keys: Arc<KeyAdmin>,
-    auth: Arc<AdminAuth>,
 }
 
 impl AdminGrpc {
-    pub fn new(keys: Arc<KeyAdmin>, auth: Arc<AdminAuth>) -> Self {
-        AdminGrpc { keys, auth }
+    pub fn new(keys: Arc<KeyAdmin>) -> Self {
+        AdminGrpc { keys }
     }
 }
 
@@ -40,36 +39,6 @@ fn invalid(field: &str, problem: impl Into<String>) -> Status {
         field: field.into(),
         problem: problem.into(),
     })
-}
-
-impl AdminGrpc {
-    /// Checks the bearer token and scope; returns who is acting.
-    fn authorize<T>(&self, req: &Request<T>, scope: Scope) -> Result<Actor, Status> {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .map(|v| v.to_str().unwrap_or("\u{0}"));
-        let claims = self.auth.check(header, scope).map_err(|e| match e {
-            AuthError::NotConfigured => Status::failed_precondition(e.to_string()),
-            AuthError::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
-            AuthError::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
-        })?;
-        if !self.keys.guard().admit_admin(&claims.sub) {
-            return Err(Status::resource_exhausted(
-                "too many admin calls for this token subject; try again in a minute",
-            ));
-        }
-        let request_id = req
-            .metadata()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| v.len() <= 128)
-            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
-        Ok(Actor {
-            subject: claims.sub,
-            request_id,
-        })
-    }
 }
 
 // ---- conversions ----
@@ -363,7 +332,7 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::CreateKeyRequest>,
     ) -> Result<Response<pb::CreateKeyResponse>, Status> {
-        let actor = self.authorize(&request, Scope::KeysWrite)?;
+        let actor = actor(&request)?;
         let m = request.into_inner();
         let new = NewKey {
             metadata: from_struct("metadata", m.metadata)?,
@@ -399,7 +368,7 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::Key>, Status> {
-        self.authorize(&request, Scope::KeysRead)?;
+        actor(&request)?;
         let key = self
             .keys
             .get_key(&request.get_ref().id)
@@ -412,7 +381,7 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        self.authorize(&request, Scope::KeysRead)?;
+        actor(&request)?;
         let m = request.into_inner();
         let after = decode_token(&m.page_token)?
             .into_iter()
@@ -452,7 +421,7 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::UpdateKeyRequest>,
     ) -> Result<Response<pb::Key>, Status> {
-        let actor = self.authorize(&request, Scope::KeysWrite)?;
+        let actor = actor(&request)?;
         let m = request.into_inner();
         if m.clear_expires_at && m.expires_at.is_some() {
             return Err(invalid(
@@ -498,7 +467,7 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::Key>, Status> {
-        let actor = self.authorize(&request, Scope::KeysWrite)?;
+        let actor = actor(&request)?;
         let m = request.into_inner();
         let key = self
             .keys
@@ -513,7 +482,7 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::RotateKeyRequest>,
     ) -> Result<Response<pb::RotateKeyResponse>, Status> {
-        let actor = self.authorize(&request, Scope::KeysWrite)?;
+        let actor = actor(&request)?;
         let m = request.into_inner();
         let grace = non_negative_duration("grace_period", m.grace_period.as_ref())?;
         let r = self
@@ -533,7 +502,7 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::CreatePlanRequest>,
     ) -> Result<Response<pb::Plan>, Status> {
-        let actor = self.authorize(&request, Scope::PlansWrite)?;
+        let actor = actor(&request)?;
         let draft = plan_from_pb(request.into_inner().plan)?;
         let plan = self
             .keys
@@ -548,7 +517,7 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::GetPlanRequest>,
     ) -> Result<Response<pb::Plan>, Status> {
-        self.authorize(&request, Scope::PlansRead)?;
+        actor(&request)?;
         let plan = self
             .keys
             .get_plan(&request.get_ref().name)
@@ -561,7 +530,7 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::ListPlansRequest>,
     ) -> Result<Response<pb::ListPlansResponse>, Status> {
-        self.authorize(&request, Scope::PlansRead)?;
+        actor(&request)?;
         let m = request.into_inner();
         let after = decode_token(&m.page_token)?
             .into_iter()
@@ -587,7 +556,7 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::UpdatePlanRequest>,
     ) -> Result<Response<pb::Plan>, Status> {
-        let actor = self.authorize(&request, Scope::PlansWrite)?;
+        let actor = actor(&request)?;
         let draft = plan_from_pb(request.into_inner().plan)?;
         let plan = self
             .keys
@@ -602,7 +571,7 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::DeletePlanRequest>,
     ) -> Result<Response<pb::DeletePlanResponse>, Status> {
-        let actor = self.authorize(&request, Scope::PlansWrite)?;
+        let actor = actor(&request)?;
         let name = request.into_inner().name;
         self.keys
             .delete_plan(&name, &actor)
@@ -616,7 +585,7 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::GetUsageRequest>,
     ) -> Result<Response<pb::GetUsageResponse>, Status> {
-        self.authorize(&request, Scope::UsageRead)?;
+        actor(&request)?;
         let m = request.into_inner();
         let cursor = decode_token(&m.page_token)?;
         let (day, key) = match cursor.as_slice() {
@@ -644,7 +613,7 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        self.authorize(&request, Scope::AuditRead)?;
+        actor(&request)?;
         let m = request.into_inner();
         let before = match decode_token(&m.page_token)?.first() {
             None => 0,

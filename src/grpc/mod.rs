@@ -9,6 +9,7 @@
 //! `auth`, `store` (the trait), `telemetry`.
 
 pub mod admin;
+pub mod admin_gate;
 pub mod admission;
 pub mod authz;
 pub mod convert;
@@ -19,6 +20,7 @@ pub mod rls;
 pub mod status;
 
 pub use admin::AdminGrpc;
+pub use admin_gate::AdminGate;
 pub use authz::AuthzGrpc;
 pub use keys::KeyGrpc;
 pub use rls::RlsService;

@@ -1,8 +1,8 @@
 //! sluice's own protection, decided by the same counting code as every
 //! other limit (a private in-memory store): failed key validations per
 //! caller (`ValidateKey` and key-aware `ShouldRateLimit` alike; who the
-//! caller is, the transports and [`crate::service`] say), and admin calls
-//! per token subject.
+//! caller is, the transports and [`crate::service`] say), failed admin
+//! authentications per caller, and admin calls per token subject.
 
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use crate::store::{Check, MemoryStore};
 pub struct GuardOptions {
     pub failed_validations_per_minute: u32,
     pub admin_calls_per_minute: u32,
+    pub admin_auth_failures_per_minute: u32,
 }
 
 impl Default for GuardOptions {
@@ -24,6 +25,7 @@ impl Default for GuardOptions {
         GuardOptions {
             failed_validations_per_minute: 100,
             admin_calls_per_minute: 600,
+            admin_auth_failures_per_minute: 20,
         }
     }
 }
@@ -34,6 +36,7 @@ pub struct AbuseGuard {
     clock: SystemClock,
     failures: Option<[LimitSpec; 1]>,
     admin: Option<[LimitSpec; 1]>,
+    admin_auth_failures: Option<[LimitSpec; 1]>,
 }
 
 impl AbuseGuard {
@@ -54,6 +57,7 @@ impl AbuseGuard {
             clock: SystemClock::default(),
             failures: per_minute(o.failed_validations_per_minute, 0),
             admin: per_minute(o.admin_calls_per_minute, 1),
+            admin_auth_failures: per_minute(o.admin_auth_failures_per_minute, 2),
         }
     }
 
@@ -91,6 +95,31 @@ impl AbuseGuard {
         }
     }
 
+    /// The failed admin authentications allowed per caller per minute
+    /// (`None`: no limit).
+    pub fn admin_auth_failures_allowed(&self) -> Option<u32> {
+        self.admin_auth_failures
+            .as_ref()
+            .map(|[l]| l.requests_per_unit)
+    }
+
+    /// Whether `caller` has used up its failed admin authentications this
+    /// minute.
+    pub fn admin_auth_exhausted(&self, caller: &str) -> bool {
+        let Some(limits) = &self.admin_auth_failures else {
+            return false;
+        };
+        let outcome = self.charge(b"admin-auth-failures", caller, limits, 0);
+        outcome.verdicts.first().is_some_and(|v| v.remaining == 0)
+    }
+
+    /// Counts one failed admin authentication of `caller`.
+    pub fn record_admin_auth_failure(&self, caller: &str) {
+        if let Some(limits) = &self.admin_auth_failures {
+            self.charge(b"admin-auth-failures", caller, limits, 1);
+        }
+    }
+
     /// Drops counters whose windows have passed.
     pub fn sweep(&self) {
         self.store.sweep();
@@ -125,6 +154,7 @@ mod tests {
         let g = AbuseGuard::new(GuardOptions {
             failed_validations_per_minute: 3,
             admin_calls_per_minute: 2,
+            admin_auth_failures_per_minute: 2,
         });
         for _ in 0..3 {
             assert!(!g.failures_exhausted("10.0.0.1"));
@@ -138,5 +168,27 @@ mod tests {
         assert!(g.admit_admin("ops"));
         assert!(!g.admit_admin("ops"));
         assert!(g.admit_admin("other"));
+        assert_eq!(g.admin_auth_failures_allowed(), Some(2));
+        for _ in 0..2 {
+            assert!(!g.admin_auth_exhausted("10.0.0.1"));
+            g.record_admin_auth_failure("10.0.0.1");
+        }
+        assert!(g.admin_auth_exhausted("10.0.0.1"));
+        assert!(!g.admin_auth_exhausted("10.0.0.2"));
+        // Separate from the key-validation failures of the same caller.
+        assert!(!g.failures_exhausted("10.0.0.2"));
+    }
+
+    #[test]
+    fn zero_turns_the_admin_auth_guard_off() {
+        let g = AbuseGuard::new(GuardOptions {
+            admin_auth_failures_per_minute: 0,
+            ..GuardOptions::default()
+        });
+        assert_eq!(g.admin_auth_failures_allowed(), None);
+        for _ in 0..100 {
+            g.record_admin_auth_failure("c");
+        }
+        assert!(!g.admin_auth_exhausted("c"));
     }
 }

@@ -184,3 +184,200 @@ async fn the_lifetime_is_bounded_by_default_and_by_the_flag() {
     list_plans(&s, &mint("30d")).await.unwrap();
     list_plans(&s, &hs256(None, &no_iat)).await.unwrap();
 }
+
+/// Mints a token granting `scopes` (space-separated words).
+fn mint_scopes(scopes: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "--ttl", "10m", "--scope"])
+        .args(scopes)
+        .env("SLUICE_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn authorized<T>(m: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// The scope each AdminService method needs, as the README states it;
+/// kept apart from the server's own table on purpose.
+fn needed_scope(method: &str) -> &'static str {
+    match method {
+        "CreateKey" | "UpdateKey" | "RevokeKey" | "RotateKey" => "keys:write",
+        "GetKey" | "ListKeys" => "keys:read",
+        "CreatePlan" | "UpdatePlan" | "DeletePlan" => "plans:write",
+        "GetPlan" | "ListPlans" => "plans:read",
+        "GetUsage" => "usage:read",
+        "ListAuditEvents" => "audit:read",
+        other => panic!("AdminService/{other} is new: add it to this test and to the README"),
+    }
+}
+
+/// Calls `method` with default arguments; the answer's code.
+async fn call_method(
+    c: &mut AdminServiceClient<tonic::transport::Channel>,
+    method: &str,
+    t: &str,
+) -> Code {
+    let r = match method {
+        "CreateKey" => c
+            .create_key(authorized(pb::CreateKeyRequest::default(), t))
+            .await
+            .map(|_| ()),
+        "GetKey" => c
+            .get_key(authorized(pb::GetKeyRequest::default(), t))
+            .await
+            .map(|_| ()),
+        "ListKeys" => c
+            .list_keys(authorized(pb::ListKeysRequest::default(), t))
+            .await
+            .map(|_| ()),
+        "UpdateKey" => c
+            .update_key(authorized(pb::UpdateKeyRequest::default(), t))
+            .await
+            .map(|_| ()),
+        "RevokeKey" => c
+            .revoke_key(authorized(pb::RevokeKeyRequest::default(), t))
+            .await
+            .map(|_| ()),
+        "RotateKey" => c
+            .rotate_key(authorized(pb::RotateKeyRequest::default(), t))
+            .await
+            .map(|_| ()),
+        "CreatePlan" => c
+            .create_plan(authorized(pb::CreatePlanRequest::default(), t))
+            .await
+            .map(|_| ()),
+        "GetPlan" => c
+            .get_plan(authorized(pb::GetPlanRequest::default(), t))
+            .await
+            .map(|_| ()),
+        "ListPlans" => c
+            .list_plans(authorized(pb::ListPlansRequest::default(), t))
+            .await
+            .map(|_| ()),
+        "UpdatePlan" => c
+            .update_plan(authorized(pb::UpdatePlanRequest::default(), t))
+            .await
+            .map(|_| ()),
+        "DeletePlan" => c
+            .delete_plan(authorized(pb::DeletePlanRequest::default(), t))
+            .await
+            .map(|_| ()),
+        "GetUsage" => c
+            .get_usage(authorized(pb::GetUsageRequest::default(), t))
+            .await
+            .map(|_| ()),
+        "ListAuditEvents" => c
+            .list_audit_events(authorized(pb::ListAuditEventsRequest::default(), t))
+            .await
+            .map(|_| ()),
+        other => panic!("AdminService/{other} is new: add it to this test"),
+    };
+    r.map_or_else(|e| e.code(), |()| Code::Ok)
+}
+
+/// The AdminService methods in the descriptor the binary serves.
+fn admin_methods() -> Vec<String> {
+    use prost::Message as _;
+    let set =
+        prost_types::FileDescriptorSet::decode(sluice::grpc::pb::FILE_DESCRIPTOR_SET).unwrap();
+    set.file
+        .iter()
+        .filter(|f| f.package() == "sluice.v1")
+        .flat_map(|f| f.service.iter())
+        .filter(|s| s.name() == "AdminService")
+        .flat_map(|s| s.method.iter().map(|m| m.name().to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_admin_method_needs_its_scope() {
+    let methods = admin_methods();
+    assert_eq!(methods.len(), 13, "{methods:?}");
+    let s = start(&[]);
+    let mut c = AdminServiceClient::new(s.admin_channel().await);
+    let all = [
+        "keys:read",
+        "keys:write",
+        "plans:read",
+        "plans:write",
+        "usage:read",
+        "audit:read",
+    ];
+    for method in &methods {
+        let needed = needed_scope(method);
+        let others: Vec<&str> = all.iter().copied().filter(|s| *s != needed).collect();
+        let code = call_method(&mut c, method, &mint_scopes(&others)).await;
+        assert_eq!(code, Code::PermissionDenied, "{method} without {needed}");
+        let code = call_method(&mut c, method, &mint_scopes(&[needed])).await;
+        assert!(
+            !matches!(
+                code,
+                Code::PermissionDenied | Code::Unauthenticated | Code::Unimplemented
+            ),
+            "{method} with {needed}: {code:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_admin_authentications_are_limited_per_caller() {
+    let s = start(&[
+        "--admin-auth-failures-per-minute",
+        "3",
+        "--caller-id-header",
+        "x-forwarded-for",
+    ]);
+    let mut c = AdminServiceClient::new(s.admin_channel().await);
+    let good = mint_scopes(&["plans:read"]);
+    let call = |token: &str, from: &str| {
+        let mut r = authorized(pb::ListPlansRequest::default(), token);
+        r.metadata_mut()
+            .insert("x-forwarded-for", from.parse().unwrap());
+        r
+    };
+    for _ in 0..3 {
+        let e = c.list_plans(call("garbage", "10.1.1.1")).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    }
+    // The 4th, and then even a good token from the same caller.
+    for t in ["garbage", good.as_str()] {
+        let e = c.list_plans(call(t, "10.1.1.1")).await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(
+            e.message().contains("failed admin authentications")
+                && e.message().contains("3 per minute"),
+            "{e:?}"
+        );
+    }
+    // Another caller behind the same proxy is not locked out.
+    c.list_plans(call(&good, "10.2.2.2")).await.unwrap();
+    // A missing scope is not an authentication failure.
+    let keys_only = mint_scopes(&["keys:read"]);
+    for _ in 0..5 {
+        let e = c
+            .list_plans(call(&keys_only, "10.3.3.3"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    }
+    c.list_plans(call(&good, "10.3.3.3")).await.unwrap();
+    // Metered by code.
+    let m = s.metrics().await;
+    assert!(
+        m.contains(
+            "sluice_admin_requests_total{method=\"sluice.v1.AdminService/ListPlans\",code=\"RESOURCE_EXHAUSTED\"} 2"
+        ),
+        "{m}"
+    );
+}

@@ -294,6 +294,11 @@ impl<S: CounterStore> Resolver<S> {
         &self.stats
     }
 
+    /// The usage recorder (its flush statistics, for `/metrics`).
+    pub fn usage(&self) -> &UsageRecorder {
+        &self.usage
+    }
+
     /// Whether key lookups are being answered: like the counter store's,
     /// always ready (the failure mode answers while the key store fails:
     /// taking every replica out of rotation would let a proxy that fails

@@ -5,13 +5,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use super::guard::AbuseGuard;
 use super::model::Millis;
-use super::repo::{Repository, UsageDelta};
+use super::repo::{RepoError, Repository, UsageDelta};
+use super::resolver::QueryStats;
 use super::{KeyError, now_ms};
 use crate::core::clock::SystemClock;
 
@@ -25,6 +27,8 @@ struct Pending {
     counts: HashMap<(String, i64), (u64, u64)>,
     /// Key id -> latest use not yet written.
     last_used: HashMap<String, Millis>,
+    /// When the oldest count in `counts` was recorded.
+    oldest: Option<Millis>,
 }
 
 /// Counts waiting to be written.
@@ -33,6 +37,19 @@ pub struct UsageRecorder {
     pending: Mutex<Pending>,
     /// Key id -> when its `last_used_at` was last written.
     written: Mutex<HashMap<String, Millis>>,
+    /// What the flusher did, for `/metrics`.
+    pub flushes: FlushStats,
+}
+
+/// The flusher's record, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct FlushStats {
+    /// Flushes that wrote their batch.
+    pub ok: AtomicU64,
+    /// Flushes whose write failed (the batch stayed pending).
+    pub failed: AtomicU64,
+    /// The write's latency and errors (operation `usage_flush`).
+    pub queries: QueryStats,
 }
 
 /// A batch taken for writing.
@@ -40,6 +57,8 @@ pub struct UsageRecorder {
 pub struct Batch {
     pub deltas: Vec<UsageDelta>,
     pub last_used: Vec<(String, Millis)>,
+    /// When the oldest of `deltas` was recorded.
+    pub oldest: Option<Millis>,
 }
 
 impl Batch {
@@ -53,6 +72,7 @@ impl UsageRecorder {
     pub fn record(&self, key_id: &str, now: Millis, admitted: bool) {
         let day = now.div_euclid(DAY_MS);
         let mut p = self.pending.lock();
+        p.oldest.get_or_insert(now);
         let e = match p.counts.get_mut(&(key_id.to_string(), day)) {
             Some(e) => e,
             None => p.counts.entry((key_id.to_string(), day)).or_default(),
@@ -75,6 +95,7 @@ impl UsageRecorder {
     pub fn take(&self, now: Millis, all: bool) -> Batch {
         let mut p = self.pending.lock();
         let counts = std::mem::take(&mut p.counts);
+        let oldest = p.oldest.take();
         let mut written = self.written.lock();
         let mut last_used = Vec::new();
         p.last_used.retain(|id, at| {
@@ -101,12 +122,26 @@ impl UsageRecorder {
                 limited,
             })
             .collect();
-        Batch { deltas, last_used }
+        Batch {
+            deltas,
+            last_used,
+            oldest,
+        }
+    }
+
+    /// How long the oldest count not yet written has waited, in
+    /// milliseconds at `now` (0 when nothing waits).
+    pub fn lag_ms(&self, now: Millis) -> Millis {
+        self.pending.lock().oldest.map_or(0, |o| (now - o).max(0))
     }
 
     /// Puts back a batch that could not be written, so nothing is lost.
     pub fn restore(&self, batch: Batch) {
         let mut p = self.pending.lock();
+        p.oldest = match (p.oldest, batch.oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         for d in batch.deltas {
             let Some(day) = day_number(&d.day) else {
                 continue;
@@ -159,10 +194,19 @@ impl UsageFlusher {
             return Ok(0);
         }
         let n = batch.deltas.len();
-        if let Err(e) = self.repo.add_usage(&batch.deltas, &batch.last_used).await {
+        let started = std::time::Instant::now();
+        let written = self.repo.add_usage(&batch.deltas, &batch.last_used).await;
+        let stats = &self.usage.flushes;
+        stats.queries.record(
+            started.elapsed(),
+            written.as_ref().err().map(RepoError::kind),
+        );
+        if let Err(e) = written {
+            stats.failed.fetch_add(1, Relaxed);
             self.usage.restore(batch);
             return Err(e.into());
         }
+        stats.ok.fetch_add(1, Relaxed);
         Ok(n)
     }
 
@@ -233,6 +277,24 @@ mod tests {
         let again = r.take(t + DAY_MS, true);
         let total: u64 = again.deltas.iter().map(|d| d.admitted + d.limited).sum();
         assert_eq!(total, 4);
+    }
+
+    #[test]
+    fn lag_is_the_oldest_unwritten_count() {
+        let r = UsageRecorder::default();
+        let t = 1_000_000_000_000;
+        assert_eq!(r.lag_ms(t), 0);
+        r.record("a", t, true);
+        r.record("b", t + 500, true);
+        assert_eq!(r.lag_ms(t + 2_000), 2_000);
+        let b = r.take(t + 2_000, false);
+        assert_eq!(r.lag_ms(t + 2_000), 0);
+        r.record("a", t + 3_000, true);
+        // A failed write puts its counts back: the oldest is theirs again.
+        r.restore(b);
+        assert_eq!(r.lag_ms(t + 4_000), 4_000);
+        let _ = r.take(t + 4_000, true);
+        assert_eq!(r.lag_ms(t + 5_000), 0);
     }
 
     #[test]

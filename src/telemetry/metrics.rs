@@ -1,5 +1,6 @@
 //! The Prometheus metrics of the service: RPC latency and results, rule
-//! statistics, the counter store's and the key store's own counters.
+//! statistics, the counter store's and the key store's own counters
+//! (query latency and errors by operation, usage flushes and their lag).
 //!
 //! May depend on: `engine`, `keys` (the resolver's counters), `store`.
 
@@ -22,7 +23,8 @@ use super::otel;
 use crate::core::stats::StatsSnapshot;
 use crate::engine::Engine;
 use crate::keys::Resolver;
-use crate::keys::resolver::KeyStoreStats;
+use crate::keys::resolver::{ERROR_KINDS, KeyStoreStats, OPERATIONS, QueryStats};
+use crate::keys::usage::FlushStats;
 use crate::store::{CounterStore, HistogramSnapshot, StoreHealth, StoreStats};
 
 /// Upper bounds of the RPC latency buckets, in seconds.
@@ -478,6 +480,9 @@ impl Collector for ServiceCollector {
 pub trait KeyStoreSource: Send + Sync + std::fmt::Debug + 'static {
     fn key_store_stats(&self) -> &KeyStoreStats;
     fn key_store_health(&self) -> StoreHealth;
+    fn usage_flushes(&self) -> &FlushStats;
+    /// How long the oldest usage count not yet written has waited, in ms.
+    fn usage_lag_ms(&self) -> i64;
 }
 
 impl<S: CounterStore> KeyStoreSource for Resolver<S> {
@@ -487,6 +492,14 @@ impl<S: CounterStore> KeyStoreSource for Resolver<S> {
 
     fn key_store_health(&self) -> StoreHealth {
         self.health()
+    }
+
+    fn usage_flushes(&self) -> &FlushStats {
+        &self.usage().flushes
+    }
+
+    fn usage_lag_ms(&self) -> i64 {
+        self.usage().lag_ms(self.now())
     }
 }
 
@@ -543,6 +556,67 @@ impl Collector for KeyStoreCollector {
             "1 while key lookups fail and keys are answered by the failure mode",
             i64::from(self.source.key_store_health().degraded),
         )?;
+        let flushes = self.source.usage_flushes();
+        let queries: [(&str, &QueryStats); 2] = [
+            (OPERATIONS[0], &s.lookup_queries),
+            (OPERATIONS[1], &flushes.queries),
+        ];
+        {
+            let mut m = encoder.encode_descriptor(
+                "sluice_key_store_query_duration_seconds",
+                "Time of key-store queries, answered or failed, by operation: lookup (a key not in the cache) or usage_flush (a batch of usage counts written)",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (operation, q) in queries {
+                let h = q.seconds.snapshot("", "");
+                let labels = [("operation", operation)];
+                m.encode_family(&labels)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        h.sum, h.count, &h.buckets, None,
+                    )?;
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "sluice_key_store_errors",
+                "Failed key-store queries by operation (lookup, usage_flush) and kind (timeout, unavailable, database, corrupt, other)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (operation, q) in queries {
+                for (kind, n) in ERROR_KINDS.iter().zip(&q.errors) {
+                    let labels = [("operation", operation), ("kind", kind)];
+                    let e = m.encode_family(&labels)?;
+                    ConstCounter::new(n.load(Relaxed)).encode(e)?;
+                }
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "sluice_usage_flushes",
+                "Usage flushes that wrote their batch (ok) or failed to (error: the batch stays pending for the next one)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, n) in [("ok", &flushes.ok), ("error", &flushes.failed)] {
+                let labels = [("outcome", outcome)];
+                let e = m.encode_family(&labels)?;
+                ConstCounter::new(n.load(Relaxed)).encode(e)?;
+            }
+        }
+        {
+            let lag = self.source.usage_lag_ms();
+            #[allow(clippy::cast_precision_loss)]
+            let g = ConstGauge::new(lag as f64 / 1000.0);
+            let m = encoder.encode_descriptor(
+                "sluice_usage_flush_lag_seconds",
+                "Age of the oldest usage count not yet written to the key store (0 when none waits)",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(m)?;
+        }
         Ok(())
     }
 }

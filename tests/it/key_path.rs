@@ -663,3 +663,95 @@ async fn the_gateway_resolves_keys_through_the_same_bounded_path() {
     );
     assert_eq!(auth(keys[1].clone()).await.unwrap().status(), 200);
 }
+
+/// `sluice_usage_flush_lag_seconds`, exactly.
+fn lag(text: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("sluice_usage_flush_lag_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sluice_usage_flush_lag_seconds in\n{text}"))
+}
+
+/// The key store's query latency and errors, by operation and kind, and
+/// the usage flush's outcomes and lag, seen in `/metrics` as they happen:
+/// lookups and flushes that work, then fail (tables renamed away under
+/// sluice: the database answers with an error), then work again.
+#[tokio::test(flavor = "multi_thread")]
+async fn key_store_queries_and_usage_flushes_are_metered() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let s = start_config(&db, &config("deny"), &["--key-store-timeout", "1000"]);
+    let keys = keys_on_a_plan(&s, 2).await;
+    let mut rls = s.client().await;
+    let r = call(&mut rls, keyed(&keys[0], "10.7.0.1")).await;
+    assert_eq!(r.overall_code, OK, "{r:?}");
+    let lookups = "sluice_key_store_query_duration_seconds_count{operation=\"lookup\"}";
+    let flush_queries = "sluice_key_store_query_duration_seconds_count{operation=\"usage_flush\"}";
+    let flushed = "sluice_usage_flushes_total{outcome=\"ok\"}";
+    let failed = "sluice_usage_flushes_total{outcome=\"error\"}";
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let m = s.metrics().await;
+            sample(&m, lookups) >= 1 && sample(&m, flushed) >= 1 && sample(&m, flush_queries) >= 1
+        })
+        .await,
+        "{}",
+        s.metrics().await
+    );
+    let m = s.metrics().await;
+    assert_eq!(lag(&m), 0.0, "{m}");
+    for op in ["lookup", "usage_flush"] {
+        for kind in ["timeout", "unavailable", "database", "corrupt", "other"] {
+            let series =
+                format!("sluice_key_store_errors_total{{operation=\"{op}\",kind=\"{kind}\"}}");
+            assert!(m.contains(&format!("{series} 0")), "{series} in\n{m}");
+        }
+    }
+
+    // The tables go away: a lookup and the flushes fail with the
+    // database's error; usage waits, and its lag grows.
+    let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    for q in [
+        "ALTER TABLE key_secrets RENAME TO key_secrets_away",
+        "ALTER TABLE usage_daily RENAME TO usage_daily_away",
+    ] {
+        sqlx::query(q).execute(&mut c).await.unwrap();
+    }
+    let r = call(&mut rls, keyed(&keys[1], "10.7.0.1")).await;
+    assert_eq!(problem_code(&r), "KEY_STORE_UNAVAILABLE");
+    // The cached key still counts usage, which cannot be written now.
+    let r = call(&mut rls, keyed(&keys[0], "10.7.0.1")).await;
+    assert_eq!(r.overall_code, OK, "{r:?}");
+    let lookup_errors = "sluice_key_store_errors_total{operation=\"lookup\",kind=\"database\"}";
+    let flush_errors = "sluice_key_store_errors_total{operation=\"usage_flush\",kind=\"database\"}";
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let m = s.metrics().await;
+            sample(&m, lookup_errors) >= 1
+                && sample(&m, flush_errors) >= 1
+                && sample(&m, failed) >= 1
+                && lag(&m) > 0.0
+        })
+        .await,
+        "{}",
+        s.metrics().await
+    );
+
+    // Back: the pending usage is written, the lag is 0 again.
+    for q in [
+        "ALTER TABLE key_secrets_away RENAME TO key_secrets",
+        "ALTER TABLE usage_daily_away RENAME TO usage_daily",
+    ] {
+        sqlx::query(q).execute(&mut c).await.unwrap();
+    }
+    let ok_before = metric(&s, flushed).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let m = s.metrics().await;
+            sample(&m, flushed) > ok_before && lag(&m) == 0.0
+        })
+        .await,
+        "{}",
+        s.metrics().await
+    );
+    c.close().await.unwrap();
+}

@@ -423,77 +423,51 @@ fn bad_values_are_refused_with_the_reason() {
     assert!(n >= 10, "only {n} bad values files");
 }
 
+/// The rules of deploy/prometheus/, which the chart's PrometheusRule carries.
+const RULES: &str = "deploy/prometheus/sluice-rules.yaml";
+const RULE_TESTS: &str = "deploy/prometheus/sluice-rules.test.yaml";
+/// The chart's copy (helm reads no file outside the chart).
+const CHART_RULES: &str = "helm/sluice/files/sluice-rules.yaml";
+
 #[test]
-fn prometheus_alerts_fire_on_sluice_metrics() {
+fn prometheus_rule_is_the_deploy_rules_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let plain = fs::read_to_string(root.join(RULES)).unwrap();
+    assert_eq!(
+        fs::read_to_string(root.join(CHART_RULES)).unwrap(),
+        plain,
+        "{CHART_RULES} and {RULES} must be identical: copy the one you changed over the other"
+    );
+    let want: Value = serde_yaml_ng::from_str(&plain).unwrap();
     let docs = render(&[&ci("everything-values.yaml")], &[]).unwrap();
     let rule = one(&docs, "PrometheusRule");
+    assert_eq!(
+        rule["spec"]["groups"], want["groups"],
+        "the PrometheusRule's groups are not those of {RULES}"
+    );
+    assert!(!arr(&want["groups"]).is_empty());
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+
+    // promtool checks the rendered groups, and runs the rules file's own
+    // unit tests against them.
+    promtool_check("everything-values.yaml", rule);
     let dir = tempfile::tempdir().unwrap();
     fs::write(
-        dir.path().join("rules.yaml"),
+        dir.path().join("sluice-rules.yaml"),
         serde_yaml_ng::to_string(&json!({"groups": rule["spec"]["groups"]})).unwrap(),
     )
     .unwrap();
-    // The series a scrape of two pods would give: pod a degraded with its
-    // breaker open from minute 2, pod b healthy; one rejected reload at 5m.
-    let base = r#"job="rel-sluice", namespace="edge""#;
-    let tests = format!(
-        r#"rule_files: [rules.yaml]
-evaluation_interval: 1m
-tests:
-  - interval: 1m
-    input_series:
-      - series: 'sluice_store_degraded{{{base}, pod="a"}}'
-        values: '0 0 1 1 1 1 1 1 1 1'
-      - series: 'sluice_store_degraded{{{base}, pod="b"}}'
-        values: '0 0 0 0 0 0 0 0 0 0'
-      - series: 'sluice_store_breaker_state{{{base}, pod="a"}}'
-        values: '0 0 1 1 1 1 2 1 1 1'
-      - series: 'sluice_config_load_error_total{{{base}, pod="b"}}'
-        values: '0 0 0 0 0 1 1 1 1 1'
-      - series: 'sluice_store_degraded{{job="other", namespace="edge", pod="c"}}'
-        values: '1 1 1 1 1 1 1 1 1 1'
-    alert_rule_test:
-      - {{eval_time: 1m, alertname: SluiceStoreDegraded, exp_alerts: []}}
-      - eval_time: 5m
-        alertname: SluiceStoreDegraded
-        exp_alerts:
-          - exp_labels: {{severity: critical, namespace: edge, pod: a}}
-            exp_annotations:
-              summary: sluice a decides without Redis
-              description: >-
-                Redis has been unreachable or too slow for 2m: answers follow the configured
-                failure mode (local), so limits are not shared between replicas. Check Redis
-                and sluice_store_failures_total.
-      - {{eval_time: 2m, alertname: SluiceStoreBreakerOpen, exp_alerts: []}}
-      - eval_time: 4m
-        alertname: SluiceStoreBreakerOpen
-        exp_alerts:
-          - exp_labels: {{severity: warning, namespace: edge, pod: a}}
-            exp_annotations:
-              summary: sluice a stopped calling Redis (circuit breaker open)
-              description: >-
-                After repeated Redis failures sluice pauses calls and probes again with
-                growing pauses (up to 10 s); it recovers by itself once Redis answers.
-      - {{eval_time: 4m, alertname: SluiceConfigLoadErrors, exp_alerts: []}}
-      - eval_time: 6m
-        alertname: SluiceConfigLoadErrors
-        exp_alerts:
-          - exp_labels: {{severity: warning, job: rel-sluice, namespace: edge, pod: b}}
-            exp_annotations:
-              summary: sluice b rejected a rules change
-              description: >-
-                The rules in ConfigMap rel-sluice-rules failed to load; the pod keeps its
-                previous rules. Its log names every error (`sluice check-config` prints them
-                too).
-"#
-    );
-    fs::write(dir.path().join("tests.yaml"), tests).unwrap();
+    fs::copy(root.join(RULE_TESTS), dir.path().join("tests.yaml")).unwrap();
     let out = Command::new(tool("promtool"))
         .args(["test", "rules", "tests.yaml"])
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "promtool test rules:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "promtool test rules on the rendered groups:\n{}",
+        text(&out)
+    );
 }
 
 // === the decisive check ===

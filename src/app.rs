@@ -4,7 +4,8 @@
 //! usage flusher, cache; admin authentication; the data-plane gRPC server, the admin gRPC server on
 //! its own listener, the HTTP server; the config watcher) and runs them,
 //! with their background tasks (store health, counter sweep, config
-//! reload, usage flush, key-change listeners), until shutdown.
+//! reload, TLS and admin-token key reload, usage flush, key-change
+//! listeners), until shutdown.
 //!
 //! Shutdown follows the phases of [`crate::shutdown`]: on the signal,
 //! health turns NOT_SERVING for every service and `/readyz` fails, while
@@ -30,7 +31,7 @@ use tower_layer::{Identity, Stack};
 
 use crate::admission::Admission;
 use crate::auth::secrets::load_or_create_secret;
-use crate::auth::{AdminAuth, AdminAuthConfig};
+use crate::auth::{AdminAuth, AdminAuthConfig, KeyReload};
 use crate::authz::{Gate, GateOptions};
 use crate::config::{self, LoadOptions, watch::ConfigWatch};
 use crate::core::clock::SystemClock;
@@ -562,7 +563,7 @@ impl Application {
         let admin_service = AdminGate::new(
             AdminServiceServer::new(AdminGrpc::new(key_admin.clone()))
                 .max_decoding_message_size(cfg.max_request_bytes),
-            auth,
+            auth.clone(),
             key_admin,
             caller.clone(),
         );
@@ -640,6 +641,8 @@ impl Application {
                 tls.map(|t| tokio::spawn(reload_tls_forever(name, t, metrics.clone())))
             })
             .collect();
+        let jwt_key_reloader = (!auth.key_files().is_empty())
+            .then(|| tokio::spawn(reload_jwt_keys_forever(auth.clone())));
         let watcher = tokio::spawn(reload_forever(
             watch,
             loaded,
@@ -698,7 +701,7 @@ impl Application {
         tracing::info!("shutdown delay over: listeners closed, finishing open calls");
         coordinator.enter(Phase::Stopping);
         watcher.abort();
-        for r in &tls_reloaders {
+        for r in tls_reloaders.iter().chain(&jwt_key_reloader) {
             r.abort();
         }
         if let Some(w) = &store_watch {
@@ -890,6 +893,54 @@ async fn reload_tls_forever(
             .tls_reloads
             .get_or_create(&vec![("listener", name), ("result", result)])
             .inc();
+    }
+}
+
+/// Re-reads the admin-token key files (`--jwt-public-key`, `--jwt-jwks`)
+/// when they change (a watch on their directories, and every
+/// [`TLS_POLL`]), as the TLS files are: tokens are checked with the new
+/// keys at once; a file that cannot be read or holds no usable key is
+/// logged as an error and the previous keys stay.
+async fn reload_jwt_keys_forever(auth: Arc<AdminAuth>) {
+    let mut watch = match ConfigWatch::start_files(&auth.key_files(), Duration::from_millis(200)) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, poll = ?TLS_POLL, "admin-token key files are not watched; re-read on a timer only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(TLS_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        match &mut watch {
+            Some(w) => tokio::select! {
+                changed = w.changed() => if changed.is_none() { watch = None },
+                _ = tick.tick() => {},
+            },
+            None => {
+                tick.tick().await;
+            }
+        }
+        let reloaded = {
+            let auth = auth.clone();
+            tokio::task::spawn_blocking(move || auth.reload()).await
+        };
+        match reloaded {
+            Ok(Ok(KeyReload::Unchanged | KeyReload::StillBroken)) => {}
+            Ok(Ok(KeyReload::Reloaded { keys })) => {
+                tracing::info!(
+                    keys,
+                    "admin-token public keys reloaded; tokens are checked with them now"
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "admin-token key files changed but cannot be used; the previous keys stay");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "admin-token key reload failed");
+            }
+        }
     }
 }
 

@@ -106,10 +106,10 @@ pub(super) fn hs256(secret: &[u8]) -> Result<VerifyKey, AuthConfigError> {
     })
 }
 
-/// The public key in the PEM file `path`; its type decides its algorithm.
-pub(super) fn from_pem_file(path: &Path) -> Result<VerifyKey, AuthConfigError> {
-    let text = read(path)?;
-    let (alg, key) = pem_key(&text).map_err(|problem| bad(path, problem))?;
+/// The public key in `text`, read from the PEM file `path`; its type
+/// decides its algorithm.
+pub(super) fn from_pem_text(path: &Path, text: &str) -> Result<VerifyKey, AuthConfigError> {
+    let (alg, key) = pem_key(text).map_err(|problem| bad(path, problem))?;
     Ok(VerifyKey {
         kid: None,
         alg,
@@ -118,11 +118,10 @@ pub(super) fn from_pem_file(path: &Path) -> Result<VerifyKey, AuthConfigError> {
     })
 }
 
-/// The keys of the JWKS file `path` (`{"keys": [...]}`).
-pub(super) fn from_jwks_file(path: &Path) -> Result<Vec<VerifyKey>, AuthConfigError> {
-    let text = read(path)?;
-    let doc: Value =
-        serde_json::from_str(&text).map_err(|e| bad(path, format!("not JSON: {e}")))?;
+/// The keys of `text`, read from the JWKS file `path`
+/// (`{"keys": [...]}`).
+pub(super) fn from_jwks_text(path: &Path, text: &str) -> Result<Vec<VerifyKey>, AuthConfigError> {
+    let doc: Value = serde_json::from_str(text).map_err(|e| bad(path, format!("not JSON: {e}")))?;
     let Some(entries) = doc.get("keys").and_then(Value::as_array) else {
         return Err(bad(path, r#"not a JWKS: expected {"keys": [...]}"#.into()));
     };
@@ -159,7 +158,8 @@ fn bad(path: &Path, problem: String) -> AuthConfigError {
     }
 }
 
-fn read(path: &Path) -> Result<String, AuthConfigError> {
+/// The text of the key file `path`, at most [`MAX_KEY_FILE_BYTES`].
+pub(super) fn read(path: &Path) -> Result<String, AuthConfigError> {
     let io = |source| AuthConfigError::Read {
         file: path.to_path_buf(),
         source,

@@ -22,9 +22,10 @@
 //! * `secrets.rs`: secret files.
 //!
 //! May depend on: jsonwebtoken, base64, serde, serde_json, getrandom, hex,
-//! thiserror; [`crate::secret`] only, in the crate. Pure: no gRPC, no async, no SQL;
-//! the only I/O is reading key files when an [`AdminAuth`] is built and the
-//! secret files of [`secrets`].
+//! thiserror, arc-swap, parking_lot, sha2; [`crate::secret`] only, in the
+//! crate. Pure: no gRPC, no async, no SQL; the only I/O is reading key
+//! files when an [`AdminAuth`] is built or [reloaded](AdminAuth::reload)
+//! and the secret files of [`secrets`].
 
 mod keys;
 mod mint;
@@ -38,7 +39,7 @@ use std::path::PathBuf;
 pub use mint::{MAX_TTL, MintError, mint_hs256};
 pub use scope::Scope;
 pub use token::MAX_TOKEN_BYTES;
-pub use verify::{AdminAuth, AdminAuthConfig, Claims};
+pub use verify::{AdminAuth, AdminAuthConfig, Claims, KeyReload};
 
 /// Shortest HS256 secret accepted, in bytes (RFC 7518 §3.2: at least the
 /// hash size).

@@ -1022,3 +1022,102 @@ fn minting_refuses_bad_input() {
         Err(MintError::NoScopes)
     ));
 }
+
+// === reloading key files ===
+
+#[test]
+fn key_files_reload_and_a_bad_file_keeps_the_old_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem_path = dir.path().join("admin.pub");
+    std::fs::copy(fixture("rsa.pub"), &pem_path).unwrap();
+    let auth = AdminAuth::from_config(&AdminAuthConfig {
+        public_key_pem: Some(pem_path.clone()),
+        ..config()
+    })
+    .unwrap();
+    assert_eq!(auth.key_files(), vec![pem_path.as_path()]);
+    let body = without(without(claims(60), "iss"), "aud");
+    let by_rsa1 = sign(Algorithm::RS256, &private_key("rsa.key"), None, &body);
+    let by_rsa2 = sign(Algorithm::RS256, &private_key("rsa2.key"), None, &body);
+    passes(&auth, &by_rsa1);
+    assert_eq!(rejected(&auth, &by_rsa2), "bad signature");
+    assert_eq!(auth.reload().unwrap(), KeyReload::Unchanged);
+
+    // A rotation: the new key verifies, the old one no longer does.
+    std::fs::copy(fixture("rsa2.pub"), &pem_path).unwrap();
+    assert_eq!(auth.reload().unwrap(), KeyReload::Reloaded { keys: 1 });
+    passes(&auth, &by_rsa2);
+    assert_eq!(rejected(&auth, &by_rsa1), "bad signature");
+
+    // A bad file: an error once, then StillBroken; the keys stay.
+    std::fs::write(&pem_path, "not a key").unwrap();
+    let e = auth.reload().unwrap_err().to_string();
+    assert!(
+        e.contains("admin.pub") && e.contains("not a PEM file"),
+        "{e}"
+    );
+    assert_eq!(auth.reload().unwrap(), KeyReload::StillBroken);
+    passes(&auth, &by_rsa2);
+    // A missing file too.
+    std::fs::remove_file(&pem_path).unwrap();
+    assert!(matches!(auth.reload(), Err(AuthConfigError::Read { .. })));
+    passes(&auth, &by_rsa2);
+    // Back to a good file.
+    std::fs::copy(fixture("rsa.pub"), &pem_path).unwrap();
+    assert_eq!(auth.reload().unwrap(), KeyReload::Reloaded { keys: 1 });
+    passes(&auth, &by_rsa1);
+}
+
+#[test]
+fn a_jwks_reload_adds_and_removes_kids() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    let all: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("jwks.json")).unwrap()).unwrap();
+    let only = |kids: &[&str]| {
+        let keys: Vec<Value> = all["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| kids.contains(&k["kid"].as_str().unwrap()))
+            .cloned()
+            .collect();
+        json!({ "keys": keys }).to_string()
+    };
+    std::fs::write(&path, only(&["rsa-1"])).unwrap();
+    let secret_too = AdminAuth::from_config(&AdminAuthConfig {
+        hs256_secret: Some(SECRET.to_vec().into()),
+        jwks: Some(path.clone()),
+        ..config()
+    })
+    .unwrap();
+    let body = without(without(claims(60), "iss"), "aud");
+    let rsa2 = sign(
+        Algorithm::RS256,
+        &private_key("rsa2.key"),
+        Some("rsa-2"),
+        &body,
+    );
+    let rsa1 = sign(
+        Algorithm::RS256,
+        &private_key("rsa.key"),
+        Some("rsa-1"),
+        &body,
+    );
+    assert_eq!(rejected(&secret_too, &rsa2), "unknown kid");
+    std::fs::write(&path, only(&["rsa-1", "rsa-2"])).unwrap();
+    assert_eq!(
+        secret_too.reload().unwrap(),
+        KeyReload::Reloaded { keys: 2 }
+    );
+    passes(&secret_too, &rsa2);
+    passes(&secret_too, &rsa1);
+    std::fs::write(&path, only(&["rsa-2"])).unwrap();
+    secret_too.reload().unwrap();
+    assert_eq!(rejected(&secret_too, &rsa1), "unknown kid");
+    // The secret is not a file key: it stays through every reload.
+    passes(&secret_too, &hs_token(&body));
+    // No key files: nothing to reload.
+    assert_eq!(hs().reload().unwrap(), KeyReload::Unchanged);
+    assert!(hs().key_files().is_empty());
+}

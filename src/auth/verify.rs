@@ -6,7 +6,12 @@
 //! [`super`].
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use sha2::{Digest as _, Sha256};
 
 use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
@@ -74,25 +79,63 @@ impl Claims {
     }
 }
 
-/// Checks admin tokens. Built once at start; cheap to share (`Arc`).
+/// Checks admin tokens. Built once at start; cheap to share (`Arc`). The
+/// keys of the PEM and JWKS files are swapped whole by
+/// [`AdminAuth::reload`] when the files change into usable keys.
 pub struct AdminAuth {
-    keys: Vec<VerifyKey>,
+    /// The HS256 key, fixed for the life of the process.
+    secret: Option<VerifyKey>,
+    /// The keys of the PEM and JWKS files.
+    file_keys: ArcSwap<Vec<VerifyKey>>,
+    pem: Option<PathBuf>,
+    jwks: Option<PathBuf>,
+    /// SHA-256 of the file texts `file_keys` was built from, and of the
+    /// last texts that failed (so a bad rotation is reported once).
+    seen: Mutex<Seen>,
     issuer: Option<String>,
     audience: Option<String>,
     leeway: u64,
     max_lifetime: Option<u64>,
 }
 
+#[derive(Debug)]
+struct Seen {
+    loaded: [u8; 32],
+    failed: Option<[u8; 32]>,
+}
+
+/// What [`AdminAuth::reload`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyReload {
+    /// No key file is configured, or the files are as they were.
+    Unchanged,
+    /// The files changed and tokens are now checked with their `keys`.
+    Reloaded { keys: usize },
+    /// The files changed into something unusable that was already
+    /// reported; the previous keys stay.
+    StillBroken,
+}
+
 impl fmt::Debug for AdminAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdminAuth")
-            .field("keys", &self.keys)
+            .field("secret", &self.secret)
+            .field("file_keys", &self.file_keys.load())
+            .field("pem", &self.pem)
+            .field("jwks", &self.jwks)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("leeway", &self.leeway)
             .field("max_lifetime", &self.max_lifetime)
-            .finish()
+            .finish_non_exhaustive()
     }
+}
+
+/// The texts of the configured key files and their digest.
+struct Texts {
+    pem: Option<String>,
+    jwks: Option<String>,
+    digest: [u8; 32],
 }
 
 impl AdminAuth {
@@ -100,7 +143,14 @@ impl AdminAuth {
     /// [`AuthError::NotConfigured`].
     pub fn disabled() -> AdminAuth {
         AdminAuth {
-            keys: Vec::new(),
+            secret: None,
+            file_keys: ArcSwap::from_pointee(Vec::new()),
+            pem: None,
+            jwks: None,
+            seen: Mutex::new(Seen {
+                loaded: [0; 32],
+                failed: None,
+            }),
             issuer: None,
             audience: None,
             leeway: 0,
@@ -121,28 +171,101 @@ impl AdminAuth {
                 secs: c.leeway_secs,
             });
         }
-        let mut keys = Vec::new();
-        if let Some(secret) = &c.hs256_secret {
-            keys.push(keys::hs256(secret.expose())?);
-        }
-        if let Some(path) = &c.public_key_pem {
-            keys.push(keys::from_pem_file(path)?);
-        }
-        if let Some(path) = &c.jwks {
-            keys.extend(keys::from_jwks_file(path)?);
-        }
-        Ok(AdminAuth {
-            keys,
+        let secret = c
+            .hs256_secret
+            .as_ref()
+            .map(|s| keys::hs256(s.expose()))
+            .transpose()?;
+        let mut auth = AdminAuth {
+            secret,
+            pem: c.public_key_pem.clone(),
+            jwks: c.jwks.clone(),
             issuer: c.issuer.clone(),
             audience: c.audience.clone(),
             leeway: c.leeway_secs,
             max_lifetime: c.max_lifetime_secs,
+            ..AdminAuth::disabled()
+        };
+        let texts = auth.read_texts()?;
+        auth.file_keys = ArcSwap::from_pointee(auth.parse(&texts)?);
+        auth.seen.get_mut().loaded = texts.digest;
+        Ok(auth)
+    }
+
+    /// The configured key files (`--jwt-public-key`, `--jwt-jwks`), for
+    /// watching.
+    pub fn key_files(&self) -> Vec<&Path> {
+        self.pem
+            .iter()
+            .chain(&self.jwks)
+            .map(PathBuf::as_path)
+            .collect()
+    }
+
+    /// Reads the key files again and, if they changed into usable keys,
+    /// checks tokens with those from now on. A file that cannot be read or
+    /// holds no usable key leaves the previous keys in place.
+    ///
+    /// # Errors
+    /// [`AuthConfigError`]: a file cannot be read, or changed into
+    /// something unusable (reported once for the same contents).
+    pub fn reload(&self) -> Result<KeyReload, AuthConfigError> {
+        if self.pem.is_none() && self.jwks.is_none() {
+            return Ok(KeyReload::Unchanged);
+        }
+        let texts = self.read_texts()?;
+        let mut seen = self.seen.lock();
+        if seen.loaded == texts.digest {
+            seen.failed = None;
+            return Ok(KeyReload::Unchanged);
+        }
+        match self.parse(&texts) {
+            Ok(keys) => {
+                let n = keys.len();
+                self.file_keys.store(Arc::new(keys));
+                seen.loaded = texts.digest;
+                seen.failed = None;
+                Ok(KeyReload::Reloaded { keys: n })
+            }
+            Err(_) if seen.failed == Some(texts.digest) => Ok(KeyReload::StillBroken),
+            Err(e) => {
+                seen.failed = Some(texts.digest);
+                Err(e)
+            }
+        }
+    }
+
+    fn read_texts(&self) -> Result<Texts, AuthConfigError> {
+        let pem = self.pem.as_deref().map(keys::read).transpose()?;
+        let jwks = self.jwks.as_deref().map(keys::read).transpose()?;
+        let mut h = Sha256::new();
+        for text in [&pem, &jwks] {
+            // Length first, so the two texts cannot run into each other.
+            let t = text.as_deref().unwrap_or_default();
+            h.update((t.len() as u64).to_le_bytes());
+            h.update(t.as_bytes());
+        }
+        Ok(Texts {
+            pem,
+            jwks,
+            digest: h.finalize().into(),
         })
+    }
+
+    fn parse(&self, texts: &Texts) -> Result<Vec<VerifyKey>, AuthConfigError> {
+        let mut keys = Vec::new();
+        if let (Some(path), Some(text)) = (&self.pem, &texts.pem) {
+            keys.push(keys::from_pem_text(path, text)?);
+        }
+        if let (Some(path), Some(text)) = (&self.jwks, &texts.jwks) {
+            keys.extend(keys::from_jwks_text(path, text)?);
+        }
+        Ok(keys)
     }
 
     /// Whether any key is configured, i.e. whether the admin API is on.
     pub fn is_enabled(&self) -> bool {
-        !self.keys.is_empty()
+        self.secret.is_some() || !self.file_keys.load().is_empty()
     }
 
     /// Checks `authorization`, the raw header value (`Bearer <jwt>`), and
@@ -172,7 +295,9 @@ impl AdminAuth {
         let reject = |reason: &str| AuthError::Unauthenticated(reason.to_string());
         let token = token::bearer_token(authorization).map_err(reject)?;
         let head = token::inspect(token).map_err(reject)?;
-        let key = AdminAuth::select(&self.keys, &head).map_err(reject)?;
+        let files = self.file_keys.load();
+        let keys: Vec<&VerifyKey> = self.secret.iter().chain(files.iter()).collect();
+        let key = AdminAuth::select(&keys, &head).map_err(reject)?;
         let data = jsonwebtoken::decode::<Value>(token, &key.key, &self.validation(key.alg))
             .map_err(|e| reject(reason(e.kind())))?;
         let claims = claims(&data.claims).map_err(reject)?;
@@ -215,8 +340,11 @@ impl AdminAuth {
     /// unnamed key (the secret, the PEM key): an unknown kid is refused.
     /// A token without a kid is checked with the one key of its algorithm
     /// without a kid, else with the only key of its algorithm.
-    fn select<'k>(keys: &'k [VerifyKey], head: &Unverified) -> Result<&'k VerifyKey, &'static str> {
-        let family: Vec<&VerifyKey> = keys.iter().filter(|k| k.alg == head.alg).collect();
+    fn select<'k>(
+        keys: &[&'k VerifyKey],
+        head: &Unverified,
+    ) -> Result<&'k VerifyKey, &'static str> {
+        let family: Vec<&VerifyKey> = keys.iter().copied().filter(|k| k.alg == head.alg).collect();
         if family.is_empty() {
             return Err(match head.alg {
                 Alg::Hs256 => "algorithm HS256 is not allowed for the configured keys",

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -380,4 +381,82 @@ async fn failed_admin_authentications_are_limited_per_caller() {
         ),
         "{m}"
     );
+}
+
+/// Replaces `path` as a rotation does: a new file renamed over it.
+fn replace(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_files_are_reloaded_and_a_bad_one_keeps_the_old_keys() {
+    let keys = tempfile::tempdir().unwrap();
+    let jwks = keys.path().join("jwks.json");
+    let pem = keys.path().join("admin.pub");
+    let all: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("jwks.json")).unwrap()).unwrap();
+    let only = |kid: &str| {
+        let key = all["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == kid)
+            .unwrap()
+            .clone();
+        json!({ "keys": [key] }).to_string()
+    };
+    std::fs::write(&jwks, only("ec-1")).unwrap();
+    std::fs::copy(fixture("rsa.pub"), &pem).unwrap();
+    let s = start(&[
+        "--jwt-jwks",
+        jwks.to_str().unwrap(),
+        "--jwt-public-key",
+        pem.to_str().unwrap(),
+    ]);
+    let c = claims(0, 600);
+    let ed = {
+        let key = std::fs::read(fixture("ed.key")).unwrap();
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some("ed-1".into());
+        jsonwebtoken::encode(&h, &c, &EncodingKey::from_ed_pem(&key).unwrap()).unwrap()
+    };
+    let rsa2 = {
+        let key = std::fs::read(fixture("rsa2.key")).unwrap();
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::RS256),
+            &c,
+            &EncodingKey::from_rsa_pem(&key).unwrap(),
+        )
+        .unwrap()
+    };
+    refused(list_plans(&s, &ed).await, "algorithm EdDSA is not allowed");
+    refused(list_plans(&s, &rsa2).await, "bad signature");
+    list_plans(&s, &rs256(None, &c)).await.unwrap();
+
+    // Rotations of both files reach the running server.
+    replace(&jwks, &only("ed-1"));
+    replace(&pem, &std::fs::read_to_string(fixture("rsa2.pub")).unwrap());
+    s.wait_log("admin-token public keys reloaded", Duration::from_secs(10));
+    let mut rotated = false;
+    for _ in 0..100 {
+        if list_plans(&s, &ed).await.is_ok() && list_plans(&s, &rsa2).await.is_ok() {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rotated, "the rotated keys were not picked up");
+    refused(list_plans(&s, &rs256(None, &c)).await, "bad signature");
+
+    // A broken JWKS: an error in the log, the previous keys stay.
+    replace(&jwks, "{\"keys\": [");
+    let line = s.wait_log("cannot be used", Duration::from_secs(10));
+    assert!(
+        line.contains("ERROR") && line.contains("jwks.json") && line.contains("previous keys stay"),
+        "{line}"
+    );
+    list_plans(&s, &ed).await.unwrap();
+    list_plans(&s, &rsa2).await.unwrap();
 }

@@ -262,6 +262,9 @@ async fn memory_only_prometheus_fires_the_store_alert_and_every_query_has_data()
         .await
         .unwrap();
     let receiver = Receiver::start().await;
+    // A key store too, so its metrics (read by the key-store and usage
+    // alerts and the dashboard) are exported.
+    let db = crate::support::db::TestDb::new(crate::support::db::Kind::Sqlite).await;
     let s = Sluice::start_with(
         CONFIG,
         Opts {
@@ -272,10 +275,14 @@ async fn memory_only_prometheus_fires_the_store_alert_and_every_query_has_data()
                 "allow",
                 "--otel-endpoint",
                 &receiver.grpc_url(),
+                "--database-url",
+                &db.url,
             ],
             env: &[
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
                 ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+                ("SLUICE_JWT_SECRET", crate::keys::SECRET),
+                ("SLUICE_KEY_SECRET", crate::keys::KEY_SECRET),
             ],
             ..Opts::default()
         },

@@ -14,7 +14,7 @@
 //! `--key-store-failure-mode` says, unless `cached` finds it in the cache.
 //!
 //! May depend on: `service`, `engine` (its types), `keys` (its types),
-//! `core`, the `store` trait. Knows nothing of gRPC or HTTP server types;
+//! `core`, the `store` trait, `telemetry::throttle`. Knows nothing of gRPC or HTTP server types;
 //! `grpc::authz` and `http::auth` translate.
 
 pub mod answer;
@@ -30,6 +30,7 @@ use crate::engine::{Code, DecideError, Descriptor, HeaderMode, Request};
 use crate::keys::Verdict;
 use crate::service::{Decider, KeyOutcome, KeyPolicy, KeySlot};
 use crate::store::CounterStore;
+use crate::telemetry::throttle::LogThrottle;
 
 pub use answer::{Allowed, Answer, Denied, IdentityHeaders, Outcome};
 pub use request::{GateRequest, Headers, RouteSettings};
@@ -94,10 +95,15 @@ impl<S: CounterStore> Gate<S> {
             Some(name) => match rules.domain(name) {
                 Some(d) => Some(d),
                 None => {
-                    tracing::warn!(
-                        domain = name,
-                        "authz: the route names a domain no file defines"
-                    );
+                    static NO_DOMAIN: LogThrottle = LogThrottle::new();
+                    if let Some(r) = NO_DOMAIN.admit() {
+                        tracing::warn!(
+                            domain = name,
+                            occurrences = r.count,
+                            repeated = %r,
+                            "authz: the route names a domain no file defines"
+                        );
+                    }
                     return self.render(Outcome::Misconfigured, None, &DEFAULTS, "sluice");
                 }
             },
@@ -108,7 +114,10 @@ impl<S: CounterStore> Gate<S> {
         let (scopes, cost) = match settings {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "authz: a route setting cannot be used");
+                static BAD_SETTING: LogThrottle = LogThrottle::new();
+                if let Some(r) = BAD_SETTING.admit() {
+                    tracing::warn!(error = %e, occurrences = r.count, repeated = %r, "authz: a route setting cannot be used");
+                }
                 return self.render(Outcome::Misconfigured, None, rule, realm);
             }
         };
@@ -208,7 +217,10 @@ impl<S: CounterStore> Gate<S> {
             Ok(a) => a,
             Err(DecideError::Invalid(e)) => return Outcome::BadRequest(e.to_string()),
             Err(e) => {
-                tracing::warn!(error = %e, "authz: the request could not be decided");
+                static UNDECIDED: LogThrottle = LogThrottle::new();
+                if let Some(r) = UNDECIDED.admit() {
+                    tracing::warn!(error = %e, occurrences = r.count, repeated = %r, "authz: the request could not be decided");
+                }
                 return Outcome::CounterStoreUnavailable;
             }
         };
@@ -228,7 +240,10 @@ impl<S: CounterStore> Gate<S> {
             (KeyOutcome::Invalid(v), _) => return Outcome::Invalid(v),
             (KeyOutcome::Valid, None) => return Outcome::Invalid(Verdict::NotFound),
             (KeyOutcome::StoreUnavailable, _) => {
-                tracing::warn!("authz: the key store could not answer");
+                static NO_KEY_STORE: LogThrottle = LogThrottle::new();
+                if let Some(r) = NO_KEY_STORE.admit() {
+                    tracing::warn!(occurrences = r.count, repeated = %r, "authz: the key store could not answer");
+                }
                 return Outcome::KeyStoreUnavailable;
             }
         };

@@ -1,7 +1,11 @@
 //! The one mapping from engine errors to gRPC statuses. The full error is
-//! logged here, once; the client gets a short, stable message.
+//! logged here, once, and aggregated ([`LogThrottle`]: the first, then at
+//! most one line per 10 s per kind with the count); the client gets a
+//! short, stable message.
 
 use tonic::Status;
+
+use crate::telemetry::throttle::LogThrottle;
 
 use crate::engine::DecideError;
 use crate::store::StoreError;
@@ -14,7 +18,10 @@ pub fn to_status(e: &DecideError, request_id: &str) -> Status {
             Status::invalid_argument(invalid.to_string())
         }
         DecideError::Store(store) => {
-            tracing::warn!(request_id, error = %store, "counter store failed");
+            static FAILED: LogThrottle = LogThrottle::new();
+            if let Some(r) = FAILED.admit() {
+                tracing::warn!(request_id, error = %store, occurrences = r.count, repeated = %r, "counter store failed");
+            }
             match store {
                 StoreError::Timeout(_) => Status::deadline_exceeded("counter store timed out"),
                 StoreError::Unavailable(_) => Status::unavailable("counter store unavailable"),
@@ -33,11 +40,17 @@ pub fn key_status(e: &crate::keys::KeyError) -> Status {
         KeyError::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
         KeyError::TooManyFailures => Status::resource_exhausted(e.to_string()),
         KeyError::Unavailable(_) | KeyError::Store(_) => {
-            tracing::warn!(error = %e, "key request failed");
+            static UNAVAILABLE: LogThrottle = LogThrottle::new();
+            if let Some(r) = UNAVAILABLE.admit() {
+                tracing::warn!(error = %e, occurrences = r.count, repeated = %r, "key request failed");
+            }
             Status::unavailable("key store unavailable")
         }
         KeyError::Internal(_) => {
-            tracing::error!(error = %e, "key request failed");
+            static INTERNAL: LogThrottle = LogThrottle::new();
+            if let Some(r) = INTERNAL.admit() {
+                tracing::error!(error = %e, occurrences = r.count, repeated = %r, "key request failed");
+            }
             Status::internal("internal error")
         }
     }

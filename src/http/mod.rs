@@ -39,6 +39,7 @@ use crate::service::{CallerSource, Decider};
 use crate::shutdown::Shutdown;
 use crate::store::CounterStore;
 use crate::telemetry::metrics::{self, Metrics, Outcome};
+use crate::telemetry::throttle::LogThrottle;
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -185,7 +186,10 @@ async fn json<S: CounterStore>(
         }
         Err(DecideError::Store(e)) => {
             st.metrics.record_rpc(started, Outcome::Error);
-            tracing::warn!(error = %e, "counter store failed");
+            static FAILED: LogThrottle = LogThrottle::new();
+            if let Some(r) = FAILED.admit() {
+                tracing::warn!(error = %e, occurrences = r.count, repeated = %r, "counter store failed");
+            }
             json_error(StatusCode::SERVICE_UNAVAILABLE, "counter store unavailable")
         }
     }

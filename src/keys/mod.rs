@@ -21,8 +21,8 @@
 //! * [`validate`]: bounds on every input field.
 //!
 //! May depend on: `core`, the `store` trait and `engine` (to count plan
-//! limits on the same counters as every other limit). Knows nothing of
-//! gRPC.
+//! limits on the same counters as every other limit), `telemetry`.
+//! Knows nothing of gRPC.
 
 pub mod admin;
 pub mod cache;

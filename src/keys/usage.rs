@@ -16,6 +16,7 @@ use super::repo::{RepoError, Repository, UsageDelta};
 use super::resolver::QueryStats;
 use super::{KeyError, now_ms};
 use crate::core::clock::SystemClock;
+use crate::telemetry::throttle::LogThrottle;
 
 const DAY_MS: i64 = 86_400_000;
 /// `last_used_at` is written at most this often per key.
@@ -221,7 +222,10 @@ impl UsageFlusher {
                 () = &mut stop => break,
                 _ = tick.tick() => {
                     if let Err(e) = self.flush(false).await {
-                        tracing::warn!(error = %e, "usage flush failed; kept for the next one");
+                        static FAILED: LogThrottle = LogThrottle::new();
+                        if let Some(r) = FAILED.admit() {
+                            tracing::warn!(error = %e, occurrences = r.count, repeated = %r, "usage flush failed; kept for the next one");
+                        }
                     }
                     self.guard.sweep();
                 }

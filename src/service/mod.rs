@@ -20,7 +20,7 @@
 //! no key work, no allocation.
 //!
 //! May depend on: `engine`, `keys` (the resolver), `core`, the `store`
-//! trait. Knows nothing of gRPC or HTTP types.
+//! trait, `telemetry::throttle`. Knows nothing of gRPC or HTTP types.
 
 pub mod caller;
 
@@ -33,6 +33,7 @@ use crate::engine::{Code, DecideError, Decision, DescriptorStatus, Engine, Reque
 use crate::keys::model::ResolvedKey;
 use crate::keys::{KeyStoreFailureMode, Resolver, Standing, Verdict};
 use crate::store::{CounterStore, StoreHealth};
+use crate::telemetry::throttle::LogThrottle;
 
 pub use caller::CallerSource;
 
@@ -357,7 +358,10 @@ impl<S: CounterStore> Decider<S> {
             // A key already decided the answer: give it, not an error
             // the gateway might let through.
             Err(DecideError::Store(e)) if !denied.is_empty() => {
-                tracing::warn!(error = %e, "counter store failed; answering for the denied key");
+                static FAILED: LogThrottle = LogThrottle::new();
+                if let Some(r) = FAILED.admit() {
+                    tracing::warn!(error = %e, occurrences = r.count, repeated = %r, "counter store failed; answering for the denied key");
+                }
                 none_decided(&req)
             }
             Err(e) => return Err(e),

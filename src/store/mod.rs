@@ -21,8 +21,9 @@
 //! none (see [`memory`]).
 //!
 //! May depend on: `core`, `secret`, tokio (background work), fred (Redis),
-//! and `telemetry::otel` only for its tracing switch and span helpers (a
-//! leaf module). Never on gRPC, HTTP, SQL, config loading or the rest of
+//! `telemetry::otel` only for its tracing switch and span helpers (a
+//! leaf module), and `telemetry::throttle` (aggregated log lines, std
+//! only). Never on gRPC, HTTP, SQL, config loading or the rest of
 //! telemetry.
 
 pub mod histogram;

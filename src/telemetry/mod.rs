@@ -15,6 +15,7 @@ pub mod export;
 pub mod metrics;
 pub mod otel;
 pub mod process;
+pub mod throttle;
 pub mod trace;
 
 use std::sync::OnceLock;

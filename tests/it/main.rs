@@ -27,6 +27,7 @@ mod key_path;
 mod key_store;
 mod keys;
 mod lifecycle;
+mod log_flood;
 mod overload;
 mod probe;
 mod redis_fixtures_selftest;

@@ -102,6 +102,7 @@ use super::{
 use crate::core::algorithm::{self, FixedWindow, LimitState, Outcome, SlidingWindow, TokenBucket};
 use crate::core::limit::{Algorithm, ChargePolicy, LimitSpec};
 use crate::secret::{Secret, redact_url};
+use crate::telemetry::throttle::LogThrottle;
 use batch::{BatchError, Dispatcher, Node, Raw, Topology};
 
 pub use keys::KeySpace;
@@ -879,7 +880,13 @@ impl Inner {
         let (outcome, wrote) = decide_at(check, states, now);
         if wrote != charged || outcome.admitted != admitted {
             self.counters.mismatches.fetch_add(1, Relaxed);
+            static DISAGREE: LogThrottle = LogThrottle::new();
+            let Some(r) = DISAGREE.admit() else {
+                return outcome;
+            };
             tracing::error!(
+                occurrences = r.count,
+                repeated = %r,
                 redis = %self.url,
                 script_charged = charged,
                 script_admitted = admitted,

@@ -247,6 +247,9 @@ fn header_name(s: &str) -> Result<String, String> {
     Ok(lower)
 }
 
+/// The default of `--jwt-max-lifetime`.
+const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// `--jwt-max-lifetime`: seconds, `None` for no bound.
 #[derive(Debug, Clone, Copy)]
 struct MaxLifetime(Option<u64>);
@@ -592,6 +595,12 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
         }
     }
     let ttl = sluice::cli::parse_duration(&args.ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    if ttl > DEFAULT_MAX_LIFETIME {
+        eprintln!(
+            "sluice: note: --ttl {} is over the default --jwt-max-lifetime of 24h; a server refuses this token unless its --jwt-max-lifetime is at least as long",
+            args.ttl
+        );
+    }
     let secret = match &args.jwt_secret {
         Some(s) => s.expose().to_vec(),
         None => {

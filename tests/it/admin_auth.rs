@@ -155,6 +155,25 @@ async fn the_lifetime_is_bounded_by_default_and_by_the_flag() {
         assert!(out.status.success());
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
+    // `sluice token` says when it mints past the default bound.
+    let out = Command::new(BIN)
+        .args(["token", "--scope", "plans:read", "--ttl", "30d"])
+        .env("SLUICE_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(note.contains("--jwt-max-lifetime"), "{note}");
+    let out = Command::new(BIN)
+        .args(["token", "--scope", "plans:read", "--ttl", "24h"])
+        .env("SLUICE_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Default: 24 h.
     let s = start(&[]);
     list_plans(&s, &mint("24h")).await.unwrap();

@@ -2,7 +2,9 @@
 //! test (support/otlp.rs) and a real Envoy exporting its own spans to the
 //! same receiver: one trace across Envoy and sluice; B3 from grpcurl
 //! continued; an unsampled parent exports nothing; a collector that hangs
-//! leaves decisions alone while the bounded queue drops and counts.
+//! leaves decisions alone while the bounded queue drops and counts; the
+//! Redis call and a key lookup that misses the cache are child spans of
+//! the SERVER span (real Redis and SQLite), with their errors on them.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -535,6 +537,7 @@ async fn redis_call_and_key_lookup_are_child_spans() {
     let mut a = Admin::new(&sluice, "all").await;
     create_plan(&mut a, "p", vec![limit(100, pb::Unit::Hour)]).await;
     let (_, secret) = create_key(&mut a, "p", &[]).await;
+    let (_, uncached) = create_key(&mut a, "p", &[]).await;
     let mut keys = KeyServiceClient::new(sluice.channel().await);
     let validate = |n: u8| {
         let (trace, (k, v)) = traceparent(n);
@@ -589,6 +592,65 @@ async fn redis_call_and_key_lookup_are_child_spans() {
         "a cached key was looked up: {hit:#?}"
     );
     assert_eq!(children(&hit, server, "EVALSHA batch").len(), 1, "{hit:#?}");
+
+    // The key store broken under sluice (its table renamed away): the
+    // failed lookup's error is on its span.
+    use sqlx::Connection as _;
+    let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("ALTER TABLE key_secrets RENAME TO key_secrets_away")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let (broken_trace, (k, v)) = traceparent(0x34);
+    let mut r = tonic::Request::new(pb::ValidateKeyRequest {
+        key: uncached.clone(),
+        ..pb::ValidateKeyRequest::default()
+    });
+    r.metadata_mut()
+        .insert(k, MetadataValue::try_from(v.as_str()).unwrap());
+    // Answered by the failure mode (an error or a refusal): either way, not VALID.
+    if let Ok(r) = keys.validate_key(r).await {
+        assert_ne!(r.into_inner().code, pb::ValidationCode::Valid as i32);
+    }
+    let spans = receiver
+        .wait_for(
+            Duration::from_secs(20),
+            "the failed lookup's span",
+            |spans| {
+                of_trace(spans, &broken_trace)
+                    .iter()
+                    .any(|s| s.name == "SELECT key_secrets")
+            },
+        )
+        .await;
+    let broken = of_trace(&spans, &broken_trace);
+    let server = broken.iter().find(|s| s.kind == SERVER).unwrap();
+    let lookup = children(&broken, server, "SELECT key_secrets");
+    assert_eq!(lookup.len(), 1, "{broken:#?}");
+    let lookup = lookup[0];
+    assert_eq!(lookup.status, 2, "{lookup:#?}");
+    assert_eq!(lookup.attr("error.type"), Some("database"), "{lookup:#?}");
+    assert!(!lookup.status_message.is_empty(), "{lookup:#?}");
+    assert!(
+        lookup.events.iter().any(|(name, _)| name == "exception"),
+        "{lookup:#?}"
+    );
+    for text in lookup
+        .attrs
+        .values()
+        .chain([&lookup.status_message])
+        .chain(lookup.events.iter().flat_map(|(_, a)| a.values()))
+    {
+        assert!(
+            !text.contains(&uncached[8..]),
+            "the key leaked: {lookup:#?}"
+        );
+    }
+    sqlx::query("ALTER TABLE key_secrets_away RENAME TO key_secrets")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
 
     // Redis gone: the failed call's error is on its span.
     redis.kill();

@@ -246,8 +246,10 @@ impl<S: CounterStore> Decider<S> {
             label: &rule.descriptor_key,
             whole_request: false,
         };
-        self.decide_validated(req, &slots, policy, caller.as_deref())
-            .await
+        // Boxed: the key lookups' futures (database queries) would
+        // otherwise make every call's future, key-free ones included, as
+        // large as theirs.
+        Box::pin(self.decide_validated(req, &slots, policy, caller.as_deref())).await
     }
 
     /// Decides `req` with the keys an adapter found: each slot's

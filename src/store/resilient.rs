@@ -548,17 +548,21 @@ pub enum AnyStore<P> {
 }
 
 impl<P: CounterStore> CounterStore for AnyStore<P> {
+    // The shared store's future (a Redis batch in flight) is many times
+    // the size of the memory store's: boxed, so that every caller's
+    // future (and the memory store's path, copied into tonic's box on
+    // every request) stays small.
     async fn check(&self, checks: &[Check<'_>]) -> Result<Outcomes, StoreError> {
         match self {
             AnyStore::Memory(m) => m.check(checks).await,
-            AnyStore::Shared(r) => r.check(checks).await,
+            AnyStore::Shared(r) => Box::pin(r.check(checks)).await,
         }
     }
 
     async fn check_each(&self, checks: &[Check<'_>]) -> CheckResults {
         match self {
             AnyStore::Memory(m) => m.check_each(checks).await,
-            AnyStore::Shared(r) => r.check_each(checks).await,
+            AnyStore::Shared(r) => Box::pin(r.check_each(checks)).await,
         }
     }
 

@@ -275,7 +275,7 @@ print()
 for case in cases:
     print(f"**{names.get(case, case)}** (median of {rounds} interleaved rounds, min–max in brackets)")
     print()
-    print("| server | point | req/s | p99 ms | server CPU % | Redis CPU % | Redis commands / decision "
+    print("| server | point | req/s | p99 ms | server CPU % | Redis CPU % | Redis commands (incl. inside scripts) / decision "
           "| EVALSHA / decision | degraded checks | load avg before→after |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for point in points:

@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for entry in walk("proto")? {
         println!("cargo:rerun-if-changed={}", entry.display());
     }
+    // sqlx::migrate! embeds migrations/ at compile time: a new migration
+    // must rebuild the crate.
+    println!("cargo:rerun-if-changed=migrations");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_path = out.join("sluice_descriptor.bin");
 

@@ -2,17 +2,31 @@
 //! summed in memory by the resolver ([`UsageRecorder`]) and written in
 //! batches by the [`UsageFlusher`] (and once more on shutdown), plus each
 //! key's last use, written at most once a minute per key.
+//!
+//! Written exactly once, across failures. Every batch taken for writing
+//! gets a fresh flush id (a random UUID), which the repository records in
+//! the same transaction as the batch's counts; a batch whose id is already
+//! recorded is skipped. A write that fails may still have committed (the
+//! connection dropped at COMMIT, the answer was lost), so a failed batch is
+//! *held* exactly as it was, id included, and never merged with counts
+//! recorded after it: retried under its id, it is either written now or
+//! found written before, and counted once either way. The next flush
+//! retries held batches first and takes new counts only once they are
+//! through, so at most one batch is held while the database is down, and
+//! new counts keep summing in memory meanwhile. The flusher prunes ids
+//! older than [`FLUSH_ID_RETENTION_MS`] (hourly): a batch held for longer
+//! than that could count twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use super::guard::AbuseGuard;
 use super::model::Millis;
-use super::repo::{RepoError, Repository, UsageDelta};
+use super::repo::{Applied, RepoError, Repository, UsageDelta};
 use super::resolver::QueryStats;
 use super::{KeyError, now_ms};
 use crate::core::clock::SystemClock;
@@ -21,6 +35,9 @@ use crate::telemetry::throttle::LogThrottle;
 const DAY_MS: i64 = 86_400_000;
 /// `last_used_at` is written at most this often per key.
 const LAST_USED_EVERY_MS: i64 = 60_000;
+/// Applied flush ids are kept this long (and pruned hourly).
+pub const FLUSH_ID_RETENTION_MS: i64 = DAY_MS;
+const PRUNE_EVERY_MS: i64 = 3_600_000;
 
 #[derive(Debug, Default)]
 struct Pending {
@@ -36,6 +53,9 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct UsageRecorder {
     pending: Mutex<Pending>,
+    /// Batches whose write failed, oldest first, each kept with its flush
+    /// id for the retry.
+    held: Mutex<VecDeque<Batch>>,
     /// Key id -> when its `last_used_at` was last written.
     written: Mutex<HashMap<String, Millis>>,
     /// What the flusher did, for `/metrics`.
@@ -45,17 +65,20 @@ pub struct UsageRecorder {
 /// The flusher's record, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct FlushStats {
-    /// Flushes that wrote their batch.
+    /// Batch writes that succeeded (a retried batch found written included).
     pub ok: AtomicU64,
-    /// Flushes whose write failed (the batch stayed pending).
+    /// Batch writes that failed (the batch is held for the next flush).
     pub failed: AtomicU64,
     /// The write's latency and errors (operation `usage_flush`).
     pub queries: QueryStats,
 }
 
 /// A batch taken for writing.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Batch {
+    /// Recorded with the batch's counts: a retry of a batch already
+    /// written is skipped.
+    pub id: String,
     pub deltas: Vec<UsageDelta>,
     pub last_used: Vec<(String, Millis)>,
     /// When the oldest of `deltas` was recorded.
@@ -124,37 +147,47 @@ impl UsageRecorder {
             })
             .collect();
         Batch {
+            id: uuid::Uuid::new_v4().to_string(),
             deltas,
             last_used,
             oldest,
         }
     }
 
-    /// How long the oldest count not yet written has waited, in
-    /// milliseconds at `now` (0 when nothing waits).
+    /// How long the oldest count not yet written (pending or held) has
+    /// waited, in milliseconds at `now` (0 when nothing waits).
     pub fn lag_ms(&self, now: Millis) -> Millis {
-        self.pending.lock().oldest.map_or(0, |o| (now - o).max(0))
-    }
-
-    /// Puts back a batch that could not be written, so nothing is lost.
-    pub fn restore(&self, batch: Batch) {
-        let mut p = self.pending.lock();
-        p.oldest = match (p.oldest, batch.oldest) {
+        let pending = self.pending.lock().oldest;
+        let held = self.held.lock().iter().filter_map(|b| b.oldest).min();
+        let oldest = match (pending, held) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        for d in batch.deltas {
-            let Some(day) = day_number(&d.day) else {
-                continue;
-            };
-            let e = p.counts.entry((d.key_id, day)).or_default();
-            e.0 += d.admitted;
-            e.1 += d.limited;
+        oldest.map_or(0, |o| (now - o).max(0))
+    }
+
+    /// Holds a batch that could not be written, id and all, to be retried
+    /// before anything newer.
+    pub fn hold(&self, batch: Batch) {
+        self.held.lock().push_front(batch);
+    }
+
+    /// The oldest held batch, if any.
+    pub fn take_held(&self) -> Option<Batch> {
+        self.held.lock().pop_front()
+    }
+
+    /// What is not written yet: (rows, requests), pending and held.
+    pub fn unwritten(&self) -> (usize, u64) {
+        let p = self.pending.lock();
+        let mut rows = p.counts.len();
+        let mut requests: u64 = p.counts.values().map(|(a, l)| a + l).sum();
+        drop(p);
+        for b in self.held.lock().iter() {
+            rows += b.deltas.len();
+            requests += b.deltas.iter().map(|d| d.admitted + d.limited).sum::<u64>();
         }
-        for (id, at) in batch.last_used {
-            let e = p.last_used.entry(id).or_insert(at);
-            *e = (*e).max(at);
-        }
+        (rows, requests)
     }
 }
 
@@ -167,6 +200,8 @@ pub struct UsageFlusher {
     guard: Arc<AbuseGuard>,
     every: Duration,
     clock: SystemClock,
+    /// When applied flush ids were last pruned.
+    pruned_at: AtomicI64,
 }
 
 impl UsageFlusher {
@@ -182,33 +217,77 @@ impl UsageFlusher {
             guard,
             every,
             clock: SystemClock::default(),
+            pruned_at: AtomicI64::new(0),
         }
     }
 
-    /// Writes pending usage; on failure it stays pending.
+    /// Writes held batches, then pending usage as a new batch; returns
+    /// the rows written. A batch that fails is held, and newer counts stay
+    /// pending.
     ///
     /// # Errors
     /// [`KeyError::Unavailable`] when the key store cannot be written.
     pub async fn flush(&self, all: bool) -> Result<usize, KeyError> {
-        let batch = self.usage.take(now_ms(&self.clock), all);
-        if batch.is_empty() {
-            return Ok(0);
+        let now = now_ms(&self.clock);
+        let mut rows = 0;
+        while let Some(held) = self.usage.take_held() {
+            rows += self.write(held, now).await?;
         }
-        let n = batch.deltas.len();
+        let batch = self.usage.take(now, all);
+        if !batch.is_empty() {
+            rows += self.write(batch, now).await?;
+        }
+        Ok(rows)
+    }
+
+    /// Writes one batch under its flush id; holds it when that fails.
+    async fn write(&self, batch: Batch, now: Millis) -> Result<usize, KeyError> {
         let started = std::time::Instant::now();
-        let written = self.repo.add_usage(&batch.deltas, &batch.last_used).await;
+        let written = self
+            .repo
+            .add_usage(&batch.id, now, &batch.deltas, &batch.last_used)
+            .await;
         let stats = &self.usage.flushes;
         stats.queries.record(
             started.elapsed(),
             written.as_ref().err().map(RepoError::kind),
         );
-        if let Err(e) = written {
-            stats.failed.fetch_add(1, Relaxed);
-            self.usage.restore(batch);
-            return Err(e.into());
+        match written {
+            Ok(Applied::Written) => {
+                stats.ok.fetch_add(1, Relaxed);
+                Ok(batch.deltas.len())
+            }
+            Ok(Applied::AlreadyApplied) => {
+                stats.ok.fetch_add(1, Relaxed);
+                tracing::info!(
+                    flush_id = %batch.id,
+                    rows = batch.deltas.len(),
+                    "usage batch had been written already (its commit's answer was lost); not counted again"
+                );
+                Ok(0)
+            }
+            Err(e) => {
+                stats.failed.fetch_add(1, Relaxed);
+                self.usage.hold(batch);
+                Err(e.into())
+            }
         }
-        stats.ok.fetch_add(1, Relaxed);
-        Ok(n)
+    }
+
+    /// Forgets applied flush ids older than [`FLUSH_ID_RETENTION_MS`], at
+    /// most once every hour.
+    async fn prune(&self) {
+        let now = now_ms(&self.clock);
+        if now - self.pruned_at.load(Relaxed) < PRUNE_EVERY_MS {
+            return;
+        }
+        self.pruned_at.store(now, Relaxed);
+        match self.repo.prune_flushes(now - FLUSH_ID_RETENTION_MS).await {
+            Ok(n) => tracing::debug!(pruned = n, "old usage flush ids pruned"),
+            Err(e) => {
+                tracing::warn!(error = %e, "old usage flush ids could not be pruned; next try in an hour");
+            }
+        }
     }
 
     /// Flushes usage every `every` and sweeps the guard's counters, until
@@ -221,10 +300,13 @@ impl UsageFlusher {
             tokio::select! {
                 () = &mut stop => break,
                 _ = tick.tick() => {
-                    if let Err(e) = self.flush(false).await {
-                        static FAILED: LogThrottle = LogThrottle::new();
-                        if let Some(r) = FAILED.admit() {
-                            tracing::warn!(error = %e, occurrences = r.count, repeated = %r, "usage flush failed; kept for the next one");
+                    match self.flush(false).await {
+                        Ok(_) => self.prune().await,
+                        Err(e) => {
+                            static FAILED: LogThrottle = LogThrottle::new();
+                            if let Some(r) = FAILED.admit() {
+                                tracing::warn!(error = %e, occurrences = r.count, repeated = %r, "usage flush failed; kept for the next one");
+                            }
                         }
                     }
                     self.guard.sweep();
@@ -233,7 +315,10 @@ impl UsageFlusher {
         }
         match self.flush(true).await {
             Ok(n) => tracing::info!(rows = n, "usage flushed at shutdown"),
-            Err(e) => tracing::error!(error = %e, "usage could not be flushed at shutdown"),
+            Err(e) => {
+                let (rows, requests) = self.usage.unwritten();
+                tracing::error!(error = %e, rows, requests, "usage could not be flushed at shutdown; these counts are lost");
+            }
         }
     }
 }
@@ -250,6 +335,8 @@ pub fn day_string(day: i64) -> String {
     )
 }
 
+/// The day number of a `YYYY-MM-DD` ([`day_string`]'s inverse, to test it).
+#[cfg(test)]
 fn day_number(s: &str) -> Option<i64> {
     let date =
         time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).ok()?;
@@ -262,7 +349,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_per_key_and_day_and_restores() {
+    fn counts_per_key_and_day_and_holds() {
         let r = UsageRecorder::default();
         let t = 1_763_800_000_000; // 2025-11-22
         r.record("a", t, true);
@@ -277,10 +364,22 @@ mod tests {
         assert_eq!((b.deltas[0].admitted, b.deltas[0].limited), (1, 1));
         assert_eq!(b.deltas[1].day, "2025-11-23");
         assert_eq!(b.last_used.len(), 2);
-        r.restore(b);
-        let again = r.take(t + DAY_MS, true);
-        let total: u64 = again.deltas.iter().map(|d| d.admitted + d.limited).sum();
+        let id = b.id.clone();
+        r.hold(b);
+        // Counts recorded meanwhile are not merged into the held batch: it
+        // comes back as it was, under its id, and they come in a new one.
+        r.record("a", t + DAY_MS, true);
+        assert_eq!(r.unwritten(), (4, 5));
+        let held = r.take_held().unwrap();
+        assert_eq!(held.id, id);
+        let total: u64 = held.deltas.iter().map(|d| d.admitted + d.limited).sum();
         assert_eq!(total, 4);
+        assert!(r.take_held().is_none());
+        let newer = r.take(t + DAY_MS, true);
+        assert_ne!(newer.id, id);
+        assert_eq!(newer.deltas.len(), 1);
+        assert_eq!((newer.deltas[0].admitted, newer.deltas[0].limited), (1, 0));
+        assert_eq!(r.unwritten(), (0, 0));
     }
 
     #[test]
@@ -294,9 +393,11 @@ mod tests {
         let b = r.take(t + 2_000, false);
         assert_eq!(r.lag_ms(t + 2_000), 0);
         r.record("a", t + 3_000, true);
-        // A failed write puts its counts back: the oldest is theirs again.
-        r.restore(b);
+        // A failed write holds its batch: the oldest count is its again.
+        r.hold(b);
         assert_eq!(r.lag_ms(t + 4_000), 4_000);
+        let _ = r.take_held();
+        assert_eq!(r.lag_ms(t + 4_000), 1_000);
         let _ = r.take(t + 4_000, true);
         assert_eq!(r.lag_ms(t + 5_000), 0);
     }

@@ -595,7 +595,7 @@ impl Collector for KeyStoreCollector {
         {
             let mut m = encoder.encode_descriptor(
                 "sluice_usage_flushes",
-                "Usage flushes that wrote their batch (ok) or failed to (error: the batch stays pending for the next one)",
+                "Usage flushes that wrote their batch (ok) or failed to (error: the batch is kept, with its flush id, for the next one)",
                 None,
                 MetricType::Counter,
             )?;

@@ -37,3 +37,4 @@ mod rls;
 mod store_tls;
 mod tls;
 mod traces;
+mod usage_flush;

@@ -4,7 +4,8 @@
 //! One set of queries serves both databases: times are BIGINT
 //! milliseconds, lists and objects are JSON text, booleans are 0/1, and
 //! every statement is a constant with bound parameters (no SQL is built
-//! from input). Rows are read into named row structs (`sqlx::FromRow`),
+//! from input; the usage flush's multi-row statements are built from a row
+//! count only). Rows are read into named row structs (`sqlx::FromRow`),
 //! never by column index.
 //!
 //! Every admin change goes through one unit of work, [`Work`]: it begins
@@ -19,7 +20,7 @@
 //! Files, one per table group:
 //! * `plans.rs`: `plans`.
 //! * `keys.rs`: `api_keys` and `key_secrets`.
-//! * `usage.rs`: `usage_daily` and `api_keys.last_used_at`.
+//! * `usage.rs`: `usage_daily`, `api_keys.last_used_at` and `usage_flushes`.
 //! * `audit.rs`: `audit_events`.
 //!
 //! May depend on: `keys::model`, `secret`, `tls` (the PEM files a PostgreSQL URL
@@ -41,7 +42,7 @@ use super::model::{Actor, Millis, PlanLimit, StoredLimit};
 use crate::secret::redact_url;
 
 pub use keys::{Found, KeyChanges, KeyFilter};
-pub use usage::UsageDelta;
+pub use usage::{Applied, USAGE_ROWS_PER_STATEMENT, UsageDelta};
 
 /// The channel key changes are announced on (PostgreSQL).
 pub const NOTIFY_CHANNEL: &str = "sluice_keys";

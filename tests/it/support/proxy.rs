@@ -1,10 +1,11 @@
 //! A TCP proxy on loopback that a test controls, to make a real server
-//! (PostgreSQL) unreachable or hung for the process behind it without
-//! touching the server itself. Runs until dropped.
+//! (PostgreSQL) unreachable or hung for the process behind it, or to lose
+//! the answer to a COMMIT, without touching the server itself. Runs until
+//! dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -15,6 +16,7 @@ use tokio::task::JoinHandle;
 const FORWARD: u8 = 0;
 const HANG: u8 = 1;
 const REFUSE: u8 = 2;
+const LOSE_COMMIT_ANSWER: u8 = 3;
 
 /// What the proxy does with traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +28,10 @@ pub enum Mode {
     /// Closes every connection, and each new one at once: the server
     /// seems down.
     Refuse,
+    /// Passes bytes both ways, but a connection that sends `COMMIT` is
+    /// closed when the server answers it, the answer not delivered: the
+    /// transaction committed and the client never learns it.
+    LoseCommitAnswer,
 }
 
 pub struct Proxy {
@@ -58,8 +64,9 @@ impl Proxy {
                         };
                         let (cr, cw) = client.into_split();
                         let (sr, sw) = server.into_split();
-                        let up = pump(cr, sw, mode.clone());
-                        let down = pump(sr, cw, mode);
+                        let committing = Arc::new(AtomicBool::new(false));
+                        let up = pump(cr, sw, mode.clone(), committing.clone(), true);
+                        let down = pump(sr, cw, mode, committing, false);
                         tokio::select! {
                             () = up => {}
                             () = down => {}
@@ -84,6 +91,7 @@ impl Proxy {
             Mode::Forward => FORWARD,
             Mode::Hang => HANG,
             Mode::Refuse => REFUSE,
+            Mode::LoseCommitAnswer => LOSE_COMMIT_ANSWER,
         };
         self.mode.store(v, Ordering::SeqCst);
         if m == Mode::Refuse {
@@ -102,11 +110,16 @@ impl Proxy {
     }
 }
 
-/// Copies `from` → `to`, holding bytes while the proxy hangs.
+/// Copies `from` → `to`, holding bytes while the proxy hangs. In
+/// [`Mode::LoseCommitAnswer`], `committing` is set when a `COMMIT` goes up
+/// (client to server); going down, the server's next bytes after it (its
+/// answer) are dropped, and the connection with them.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mode: Arc<AtomicU8>,
+    committing: Arc<AtomicBool>,
+    up: bool,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -114,8 +127,17 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if !up && committing.load(Ordering::SeqCst) {
+            return;
+        }
         while mode.load(Ordering::SeqCst) == HANG {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if up
+            && mode.load(Ordering::SeqCst) == LOSE_COMMIT_ANSWER
+            && buf[..n].windows(6).any(|w| w == b"COMMIT")
+        {
+            committing.store(true, Ordering::SeqCst);
         }
         if mode.load(Ordering::SeqCst) == REFUSE || to.write_all(&buf[..n]).await.is_err() {
             return;

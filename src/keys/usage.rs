@@ -56,6 +56,9 @@ pub struct UsageRecorder {
     /// Batches whose write failed, oldest first, each kept with its flush
     /// id for the retry.
     held: Mutex<VecDeque<Batch>>,
+    /// When the oldest count of the batch being written was recorded: it
+    /// still counts in the lag (a write that hangs is not "no lag").
+    writing: Mutex<Option<Millis>>,
     /// Key id -> when its `last_used_at` was last written.
     written: Mutex<HashMap<String, Millis>>,
     /// What the flusher did, for `/metrics`.
@@ -154,16 +157,18 @@ impl UsageRecorder {
         }
     }
 
-    /// How long the oldest count not yet written (pending or held) has
-    /// waited, in milliseconds at `now` (0 when nothing waits).
+    /// How long the oldest count not yet written (pending, held or being
+    /// written) has waited, in milliseconds at `now` (0 when nothing
+    /// waits).
     pub fn lag_ms(&self, now: Millis) -> Millis {
         let pending = self.pending.lock().oldest;
         let held = self.held.lock().iter().filter_map(|b| b.oldest).min();
-        let oldest = match (pending, held) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        oldest.map_or(0, |o| (now - o).max(0))
+        let writing = *self.writing.lock();
+        [pending, held, writing]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(0, |o| (now - o).max(0))
     }
 
     /// Holds a batch that could not be written, id and all, to be retried
@@ -243,6 +248,7 @@ impl UsageFlusher {
     /// Writes one batch under its flush id; holds it when that fails.
     async fn write(&self, batch: Batch, now: Millis) -> Result<usize, KeyError> {
         let started = std::time::Instant::now();
+        *self.usage.writing.lock() = batch.oldest;
         let written = self
             .repo
             .add_usage(&batch.id, now, &batch.deltas, &batch.last_used)
@@ -252,26 +258,30 @@ impl UsageFlusher {
             started.elapsed(),
             written.as_ref().err().map(RepoError::kind),
         );
-        match written {
+        let rows = batch.deltas.len();
+        let outcome = match written {
             Ok(Applied::Written) => {
                 stats.ok.fetch_add(1, Relaxed);
-                Ok(batch.deltas.len())
+                Ok(rows)
             }
             Ok(Applied::AlreadyApplied) => {
                 stats.ok.fetch_add(1, Relaxed);
                 tracing::info!(
                     flush_id = %batch.id,
-                    rows = batch.deltas.len(),
+                    rows,
                     "usage batch had been written already (its commit's answer was lost); not counted again"
                 );
                 Ok(0)
             }
             Err(e) => {
                 stats.failed.fetch_add(1, Relaxed);
+                // Held before `writing` is cleared: the lag never dips.
                 self.usage.hold(batch);
                 Err(e.into())
             }
-        }
+        };
+        *self.usage.writing.lock() = None;
+        outcome
     }
 
     /// Forgets applied flush ids older than [`FLUSH_ID_RETENTION_MS`], at
@@ -400,6 +410,9 @@ mod tests {
         assert_eq!(r.lag_ms(t + 4_000), 1_000);
         let _ = r.take(t + 4_000, true);
         assert_eq!(r.lag_ms(t + 5_000), 0);
+        // A batch being written still counts.
+        *r.writing.lock() = Some(t);
+        assert_eq!(r.lag_ms(t + 5_000), 5_000);
     }
 
     #[test]

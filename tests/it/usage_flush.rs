@@ -285,7 +285,11 @@ async fn a_flush_whose_commit_answer_is_lost_counts_once() {
         s.metrics().await
     );
     proxy.set(Mode::Forward);
-    assert_eq!(usage_of(&a, &key_id).await, (10, 0));
+    assert!(
+        eventually(WAIT, || async { usage_of(&a, &key_id).await == (10, 0) }).await,
+        "{:?}",
+        usage_of(&a, &key_id).await
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(usage_of(&a, &key_id).await, (10, 0));
 }

@@ -111,13 +111,13 @@ impl Repository {
             e.0 = e.0.saturating_add(d.admitted);
             e.1 = e.1.saturating_add(d.limited);
         }
-        let counts: Vec<((&str, &str), (u64, u64))> = counts.into_iter().collect();
+        let counts: Vec<_> = counts.into_iter().collect();
         let mut latest: BTreeMap<&str, Millis> = BTreeMap::new();
         for (id, at) in last_used {
             let e = latest.entry(id.as_str()).or_insert(*at);
             *e = (*e).max(*at);
         }
-        let latest: Vec<(&str, Millis)> = latest.into_iter().collect();
+        let latest: Vec<_> = latest.into_iter().collect();
 
         let mut tx = self.pool.begin().await?;
         let recorded = sqlx::query(

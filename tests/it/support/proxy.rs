@@ -30,7 +30,8 @@ pub enum Mode {
     Refuse,
     /// Passes bytes both ways, but a connection that sends `COMMIT` is
     /// closed when the server answers it, the answer not delivered: the
-    /// transaction committed and the client never learns it.
+    /// transaction committed and the client never learns it. Needs the
+    /// client in clear (`sslmode=disable`) to see the COMMIT.
     LoseCommitAnswer,
 }
 

@@ -102,6 +102,9 @@ run() { # label, path, body, extra h2load args...
         -d "$body" "http://$GRPC/$path" >/dev/null
     local load0 load1
     load0=$(cut -d' ' -f1 /proc/loadavg)
+    # h2load appends to an existing log file: without this, every run's
+    # percentiles would include the runs before it.
+    rm -f "$work/log"
     h2load -n "$N" "$@" -H 'content-type: application/grpc' -H 'te: trailers' \
         -d "$body" --log-file "$work/log" \
         "http://$GRPC/$path" > "$work/out"

@@ -849,27 +849,13 @@ async fn reload_tls_forever(
     tls: Arc<ReloadingServerConfig>,
     metrics: Arc<Metrics>,
 ) {
-    let mut watch = match ConfigWatch::start_files(&tls.files().paths(), Duration::from_millis(200))
-    {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(listener = %name, error = %e, poll = ?TLS_POLL, "TLS files are not watched; re-read on a timer only");
-            None
-        }
-    };
-    let mut tick = tokio::time::interval(TLS_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    let mut trigger = FileTrigger::new(
+        &tls.files().paths(),
+        &format!("TLS files of the {name} listener"),
+    )
+    .await;
     loop {
-        match &mut watch {
-            Some(w) => tokio::select! {
-                changed = w.changed() => if changed.is_none() { watch = None },
-                _ = tick.tick() => {},
-            },
-            None => {
-                tick.tick().await;
-            }
-        }
+        trigger.next().await;
         let reloaded = {
             let tls = tls.clone();
             tokio::task::spawn_blocking(move || tls.reload()).await
@@ -896,32 +882,55 @@ async fn reload_tls_forever(
     }
 }
 
+/// When to re-read a set of files: on a change under their directories
+/// (a watch), and every [`TLS_POLL`] whatever the watch says (a watch can
+/// miss a change, e.g. a Kubernetes Secret's symlink swap, or fail to
+/// start: then the timer alone). The first [`FileTrigger::next`] waits.
+struct FileTrigger {
+    watch: Option<ConfigWatch>,
+    tick: tokio::time::Interval,
+}
+
+impl FileTrigger {
+    /// `what` names the files in the warning logged when they cannot be
+    /// watched.
+    async fn new(paths: &[&std::path::Path], what: &str) -> FileTrigger {
+        let watch = match ConfigWatch::start_files(paths, Duration::from_millis(200)) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, poll = ?TLS_POLL, "{what} are not watched; re-read on a timer only");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(TLS_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        FileTrigger { watch, tick }
+    }
+
+    /// Waits until the files should be read again.
+    async fn next(&mut self) {
+        match &mut self.watch {
+            Some(w) => tokio::select! {
+                changed = w.changed() => if changed.is_none() { self.watch = None },
+                _ = self.tick.tick() => {},
+            },
+            None => {
+                self.tick.tick().await;
+            }
+        }
+    }
+}
+
 /// Re-reads the admin-token key files (`--jwt-public-key`, `--jwt-jwks`)
 /// when they change (a watch on their directories, and every
 /// [`TLS_POLL`]), as the TLS files are: tokens are checked with the new
 /// keys at once; a file that cannot be read or holds no usable key is
 /// logged as an error and the previous keys stay.
 async fn reload_jwt_keys_forever(auth: Arc<AdminAuth>) {
-    let mut watch = match ConfigWatch::start_files(&auth.key_files(), Duration::from_millis(200)) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, poll = ?TLS_POLL, "admin-token key files are not watched; re-read on a timer only");
-            None
-        }
-    };
-    let mut tick = tokio::time::interval(TLS_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    let mut trigger = FileTrigger::new(&auth.key_files(), "admin-token key files").await;
     loop {
-        match &mut watch {
-            Some(w) => tokio::select! {
-                changed = w.changed() => if changed.is_none() { watch = None },
-                _ = tick.tick() => {},
-            },
-            None => {
-                tick.tick().await;
-            }
-        }
+        trigger.next().await;
         let reloaded = {
             let auth = auth.clone();
             tokio::task::spawn_blocking(move || auth.reload()).await

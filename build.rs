@@ -24,7 +24,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(PROTOS, ["proto"])?;
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&fds))?;
 
+    // ext_authz's CheckRequest is decoded into sluice's own view of it
+    // (src/grpc/check_request.rs: the same field numbers, headers kept as
+    // slices of the received bytes, the fields sluice never reads skipped);
+    // the descriptor reflection serves is still the proto's.
     tonic_prost_build::configure()
+        .extern_path(
+            ".envoy.service.auth.v3.CheckRequest",
+            "crate::grpc::check_request::CheckRequest",
+        )
         .build_client(true)
         .build_server(true)
         .compile_well_known_types(true)
@@ -34,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = std::fs::read(&descriptor_path)?;
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
+        .exclude([".envoy.service.auth.v3.CheckRequest"])
         .build(&[".envoy", ".google.rpc", ".sluice"])?;
     Ok(())
 }

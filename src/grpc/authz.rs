@@ -16,13 +16,13 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::check_request::{AttributeContext, CheckRequest, HttpRequest};
 use super::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, address, header_value_option,
 };
 use super::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use super::pb::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
-    check_response,
+    CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response,
 };
 use super::pb::envoy::r#type::v3::HttpStatus;
 use super::pb::google::rpc;
@@ -47,25 +47,22 @@ impl<S> AuthzGrpc<S> {
 /// The request's headers: the `headers` map, or `header_map` when Envoy
 /// sends raw headers (`encode_raw_headers`), repeats joined by `,`.
 enum CheckHeaders<'a> {
-    Map(&'a HashMap<String, String>),
+    Map(&'a HttpRequest),
     Owned(HashMap<String, String>),
 }
 
 impl Headers for CheckHeaders<'_> {
     fn get(&self, name: &str) -> Option<&str> {
         match self {
-            CheckHeaders::Map(m) => m.get(name),
-            CheckHeaders::Owned(m) => m.get(name),
+            CheckHeaders::Map(http) => http.header(name),
+            CheckHeaders::Owned(m) => m.get(name).map(String::as_str),
         }
-        .map(String::as_str)
     }
 }
 
-fn headers(
-    http: &super::pb::envoy::service::auth::v3::attribute_context::HttpRequest,
-) -> CheckHeaders<'_> {
+fn headers(http: &HttpRequest) -> CheckHeaders<'_> {
     let Some(raw) = http.header_map.as_ref().filter(|m| !m.headers.is_empty()) else {
-        return CheckHeaders::Map(&http.headers);
+        return CheckHeaders::Map(http);
     };
     let mut out: HashMap<String, String> = HashMap::with_capacity(raw.headers.len());
     for h in &raw.headers {

@@ -1,5 +1,6 @@
 //! gRPC: `ShouldRateLimit` ([`rls`]), `ValidateKey` ([`keys`]), Envoy's
-//! ext_authz `Check` ([`authz`]) and the admin API ([`admin`]); health and
+//! ext_authz `Check` ([`authz`], decoding its request as
+//! [`check_request`]) and the admin API ([`admin`]); health and
 //! reflection are wired in `app`. The only module (with `http`) that sees
 //! generated protocol types: it translates them to the types of
 //! `service`, `authz`, `keys` and `engine` and back ([`convert`],
@@ -12,6 +13,7 @@ pub mod admin;
 pub mod admin_gate;
 pub mod admission;
 pub mod authz;
+pub mod check_request;
 pub mod convert;
 pub mod keys;
 pub mod observe;

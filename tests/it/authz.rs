@@ -9,10 +9,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use sluice::grpc::check_request::{
+    AttributeContext, CheckRequest, HeaderEntry, HttpRequest, Request,
+};
 use sluice::grpc::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use sluice::grpc::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use sluice::grpc::pb::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, CheckResponse, attribute_context, check_response,
+    CheckResponse, attribute_context, check_response,
 };
 use sluice::grpc::pb::sluice::v1 as pb;
 use tonic::transport::Channel;
@@ -42,7 +45,7 @@ pub(crate) fn check(
     ext: &[(&str, &str)],
 ) -> CheckRequest {
     CheckRequest {
-        attributes: Some(AttributeContext {
+        attributes: Some(Box::new(AttributeContext {
             source: Some(attribute_context::Peer {
                 address: Some(Address {
                     address: Some(address::Address::SocketAddress(SocketAddress {
@@ -53,14 +56,14 @@ pub(crate) fn check(
                 }),
                 ..Default::default()
             }),
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
+            request: Some(Request {
+                http: Some(HttpRequest {
                     method: "GET".into(),
                     path: path.into(),
                     host: "api.example".into(),
                     headers: headers
                         .iter()
-                        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                        .map(|(k, v)| HeaderEntry::new(k, v))
                         .collect(),
                     ..Default::default()
                 }),
@@ -69,8 +72,7 @@ pub(crate) fn check(
                 .iter()
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                 .collect(),
-            ..Default::default()
-        }),
+        })),
     }
 }
 

@@ -32,8 +32,9 @@ pub struct Descriptor<'a> {
     /// request's.
     pub hits_addend: Option<u64>,
     /// Limits that come with the caller (an API key's plan), replacing
-    /// the rule tree for this descriptor.
-    pub subject: Option<Subject>,
+    /// the rule tree for this descriptor. Boxed: a key-free descriptor
+    /// stays small, and so does every request and future that holds one.
+    pub subject: Option<Box<Subject>>,
 }
 
 /// A caller's own limits, counted under its own key. Owned, so a service

@@ -755,11 +755,11 @@ async fn draft03_headers_describe_the_tightest_descriptor() {
 /// A descriptor carrying an API key's limits.
 fn subject(limits: &[LimitSpec]) -> Descriptor<'static> {
     Descriptor {
-        subject: Some(Subject {
+        subject: Some(Box::new(Subject {
             counter_key: Arc::from(&b"key-counter"[..]),
             limits: limits.iter().copied().collect(),
             label: "api_key.test".into(),
-        }),
+        })),
         ..one("api_key", "k")
     }
 }

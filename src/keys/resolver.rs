@@ -525,7 +525,10 @@ impl<S: CounterStore> Resolver<S> {
             misses.push((i, hash, stale));
         }
         if let [(i, hash, stale)] = misses.as_mut_slice() {
-            let answer = self.lookup(hash).await;
+            // Boxed: a lookup (a database query) is a large future, and
+            // inline it would make every caller's future, cache hits
+            // included, as large as it is.
+            let answer = Box::pin(self.lookup(hash)).await;
             out[*i] = self.settle(answer, stale.take(), now);
         } else if !misses.is_empty() {
             let answers =

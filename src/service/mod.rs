@@ -26,6 +26,7 @@ pub mod caller;
 
 use std::sync::Arc;
 
+use futures_util::future::Either;
 use smallvec::SmallVec;
 
 use crate::core::rules::{ApiKeyRule, OnInvalid};
@@ -259,15 +260,21 @@ impl<S: CounterStore> Decider<S> {
     ///
     /// # Errors
     /// As [`Decider::should_rate_limit`].
-    pub async fn decide_with_keys(
-        &self,
-        req: Request<'_>,
-        slots: &[KeySlot<'_>],
-        policy: KeyPolicy<'_>,
-        caller: Option<&str>,
-    ) -> Result<Answer, DecideError> {
-        self.engine.validate(&req)?;
-        self.decide_validated(req, slots, policy, caller).await
+    ///
+    /// Not an `async fn`: the request is checked here and handed on, so
+    /// the future holds it once (an async layer would hold it twice, as its
+    /// argument and inside the inner future).
+    pub fn decide_with_keys<'a>(
+        &'a self,
+        req: Request<'a>,
+        slots: &'a [KeySlot<'a>],
+        policy: KeyPolicy<'a>,
+        caller: Option<&'a str>,
+    ) -> impl Future<Output = Result<Answer, DecideError>> + 'a {
+        match self.engine.validate(&req) {
+            Err(e) => Either::Left(std::future::ready(Err(e.into()))),
+            Ok(()) => Either::Right(self.decide_validated(req, slots, policy, caller)),
+        }
     }
 
     async fn decide_validated(
@@ -342,7 +349,7 @@ impl<S: CounterStore> Decider<S> {
             if let Some(d) = req.descriptors.get_mut(slot.index) {
                 // No subject limits: the key's descriptor is never matched
                 // against the rule tree, whatever it carries.
-                d.subject = Some(subject.unwrap_or_default());
+                d.subject = Some(Box::new(subject.unwrap_or_default()));
             }
             reports.push(KeyReport {
                 index: slot.index,

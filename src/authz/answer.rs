@@ -278,11 +278,11 @@ pub fn render(outcome: Outcome, ctx: &Context<'_>) -> Answer {
     }
 }
 
-fn rate_headers(decision: &Decision) -> Vec<(String, String)> {
+fn rate_headers(decision: &mut Decision) -> Vec<(String, String)> {
     decision
         .response_headers
-        .iter()
-        .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
+        .drain(..)
+        .map(|h| (h.name.to_ascii_lowercase(), h.value))
         .collect()
 }
 
@@ -298,7 +298,7 @@ fn allowed_base(ctx: &Context<'_>) -> Allowed {
 
 fn decided(
     key: &ResolvedKey,
-    decision: Decision,
+    mut decision: Decision,
     quota_exhausted: bool,
     ctx: &Context<'_>,
 ) -> Answer {
@@ -311,7 +311,7 @@ fn decided(
             .max()
             .unwrap_or(1)
             .max(1);
-        let mut headers = rate_headers(&decision);
+        let mut headers = rate_headers(&mut decision);
         headers.push(retry_after(wait));
         return if quota_exhausted {
             problem(
@@ -346,7 +346,7 @@ fn decided(
             a.set_headers.push((name.clone(), value));
         }
     }
-    a.response_headers = rate_headers(&decision);
+    a.response_headers = rate_headers(&mut decision);
     a.metadata = vec![
         ("key_id", k.id.clone()),
         ("owner", k.owner_id.clone()),

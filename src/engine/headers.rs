@@ -81,7 +81,8 @@ fn draft03(statuses: &[DescriptorStatus]) -> Vec<Header> {
 }
 
 fn ietf(statuses: &[DescriptorStatus], names: &[String]) -> Vec<Header> {
-    let mut policy = String::new();
+    // Room for a typical policy (a name and two numbers per limit).
+    let mut policy = String::with_capacity(48 * statuses.len());
     let mut best: Option<(usize, &DescriptorStatus)> = None;
     for (i, s) in statuses.iter().enumerate() {
         let Some(limit) = &s.current_limit else {
@@ -108,7 +109,7 @@ fn ietf(statuses: &[DescriptorStatus], names: &[String]) -> Vec<Header> {
     let Some((i, s)) = best else {
         return Vec::new();
     };
-    let mut ratelimit = String::new();
+    let mut ratelimit = String::with_capacity(48);
     push_sf_string(&mut ratelimit, names.get(i).map_or("", String::as_str));
     let _ = write!(
         ratelimit,
@@ -131,6 +132,7 @@ fn ietf(statuses: &[DescriptorStatus], names: &[String]) -> Vec<Header> {
 /// Writes `s` as a structured-field string (RFC 8941 §3.3.3): quoted, with
 /// `"` and `\` escaped; characters outside printable ASCII become `_`.
 fn push_sf_string(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
     out.push('"');
     for c in s.chars() {
         match c {

@@ -149,7 +149,7 @@ pub struct Metrics {
     pub admin_requests: Family<Vec<(&'static str, String)>, Counter>,
     /// Gateway answers (ext_authz Check, `/auth`) by transport and code
     /// (OK, MISSING, NOT_FOUND, ..., RATE_LIMITED).
-    pub authz_checks: Family<Vec<(&'static str, &'static str)>, Counter>,
+    pub authz_checks: Family<[(&'static str, &'static str); 2], Counter>,
     /// Re-reads of a listener's TLS files that changed them, by listener
     /// and result (`ok`, or `error`: the previous certificate kept serving).
     pub tls_reloads: Family<Vec<(&'static str, &'static str)>, Counter>,
@@ -172,7 +172,7 @@ impl Metrics {
     /// Records one gateway answer.
     pub fn record_authz(&self, transport: &'static str, code: &'static str) {
         self.authz_checks
-            .get_or_create(&vec![("transport", transport), ("code", code)])
+            .get_or_create(&[("transport", transport), ("code", code)])
             .inc();
     }
 

@@ -30,8 +30,12 @@ cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; 
 trap cleanup EXIT
 
 command -v h2load >/dev/null || { echo "h2load missing: apt-get install nghttp2-client" >&2; exit 1; }
-cargo build --release -q
-BIN=target/release/sluice
+# SLUICE_BIN: a sluice binary to measure instead of this tree's release
+# build (to put two commits side by side on the same machine).
+if [ -z "${SLUICE_BIN:-}" ]; then
+    cargo build --release -q
+fi
+BIN=${SLUICE_BIN:-target/release/sluice}
 export SLUICE_JWT_SECRET=bench-admin-secret-bench-admin-secret
 export SLUICE_KEY_SECRET=bench-key-secret-bench-key-secret-0000
 db="sluice_bench_$$"
@@ -57,45 +61,7 @@ export SLUICE_ADDR=http://$ADMIN SLUICE_TOKEN=$("$BIN" token --scope all --ttl 1
 "$BIN" plans create bench --limit 1000000000/hour >/dev/null
 secret=$("$BIN" keys create --name bench --owner bench --plan bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
 
-# The gRPC-framed ValidateKeyRequest {key: secret, cost: 1}.
-python3 - "$secret" "$work/body" <<'PY'
-import struct, sys
-key = sys.argv[1].encode()
-msg = b"\x0a" + bytes([len(key)]) + key + b"\x10\x01"
-open(sys.argv[2], "wb").write(b"\x00" + struct.pack(">I", len(msg)) + msg)
-PY
-
-# The gRPC-framed CheckRequest (field numbers from proto/envoy/service/auth/v3).
-python3 - "$secret" "$work/check" <<'PY'
-import struct, sys
-def varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out += bytes([b | (0x80 if n else 0)])
-        if not n:
-            return out
-def field(num, payload):  # length-delimited
-    if isinstance(payload, str):
-        payload = payload.encode()
-    return varint(num << 3 | 2) + varint(len(payload)) + payload
-def vfield(num, n):
-    return varint(num << 3) + varint(n)
-def entry(num, k, v):  # a map<string, string> entry
-    return field(num, field(1, k) + field(2, v))
-headers = {":authority": "api.example.com", ":method": "GET", ":path": "/orders/42",
-           ":scheme": "http", "user-agent": "curl/8.5.0", "accept": "*/*",
-           "x-forwarded-proto": "http", "x-request-id": "6f1c1c2e-0d0b-4f3c-9c59-2d3c1f6b1a11",
-           "authorization": "Bearer " + sys.argv[1]}
-http = (field(1, "11848286445349543421") + field(2, "GET") +
-        b"".join(entry(3, k, v) for k, v in headers.items()) +
-        field(4, "/orders/42") + field(5, "api.example.com") + field(6, "http") + field(10, "HTTP/1.1"))
-sock = lambda port: field(1, field(1, field(2, "127.0.0.1") + vfield(3, port)))  # Peer.address.socket_address
-attrs = (field(1, sock(50412)) + field(2, sock(10000)) + field(4, field(2, http)) +
-         entry(10, "sluice.domain", "bench"))
-msg = field(1, attrs)
-open(sys.argv[2], "wb").write(b"\x00" + struct.pack(">I", len(msg)) + msg)
-PY
+scripts/keys-bodies.py "$secret" "$work"
 run() { # label, path, body, extra h2load args...
     local label=$1 path=$2 body=$3; shift 3
     h2load -n 5000 -c 4 -m 4 -H 'content-type: application/grpc' -H 'te: trailers' \

@@ -18,7 +18,7 @@ use sqlx::Connection as _;
 use crate::keys::{Admin, create_key, create_plan, limit, start_config};
 use crate::support::db::{Kind, TestDb};
 use crate::support::proxy::{Mode, Proxy};
-use crate::support::{OK, OVER, Sluice, call, desc, eventually, req};
+use crate::support::{OK, OVER, Sluice, call, desc, eventually, metric, req, sample};
 
 /// Key descriptors in `gw`; `remote_address` is an ordinary rule beside
 /// them, and names the caller for the failed-validation guard.
@@ -30,20 +30,6 @@ fn config(on_invalid: &str) -> String {
            - key: remote_address\n    \
              rate_limit: {{unit: hour, requests_per_unit: 1000}}\n"
     )
-}
-
-/// The value of one sample (`name` or `name{labels}`), 0 when absent.
-fn sample(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name).then(|| v.parse::<f64>().ok())?
-        })
-        .map_or(0, |v| v as u64)
-}
-
-async fn metric(s: &Sluice, name: &str) -> u64 {
-    sample(&s.metrics().await, name)
 }
 
 async fn readyz(s: &Sluice) -> (u16, String) {

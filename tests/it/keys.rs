@@ -13,7 +13,7 @@ use sluice::grpc::pb::sluice::v1::key_service_client::KeyServiceClient;
 use tonic::transport::Channel;
 
 use crate::support::db::{Kind, TestDb};
-use crate::support::{BIN, OK, OVER, Opts, Sluice, call, desc, eventually, req};
+use crate::support::{BIN, OK, OVER, Opts, Sluice, call, desc, eventually, on_both, req};
 
 pub(crate) const SECRET: &str = "it-admin-secret-it-admin-secret-0123";
 pub(crate) const KEY_SECRET: &str = "it-key-hashing-secret-0123456789abcdef";
@@ -155,21 +155,6 @@ async fn validate(
 
 fn code(r: &pb::ValidateKeyResponse) -> pb::ValidationCode {
     pb::ValidationCode::try_from(r.code).unwrap()
-}
-
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread")]
-            async fn sqlite() {
-                super::$name(crate::support::db::Kind::Sqlite).await;
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn postgres() {
-                super::$name(crate::support::db::Kind::Postgres).await;
-            }
-        }
-    };
 }
 
 on_both!(key_lifecycle);

@@ -16,7 +16,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use crate::support::certs::{
     Ca, EXPIRED, Pair, SERVER_NAME, SecretDir, VALID, presented_fingerprint,
 };
-use crate::support::{BIN, OK, OVER, Sluice, call, desc, eventually, req, tool};
+use crate::support::{BIN, OK, OVER, Sluice, call, desc, eventually, req, sample, tool};
 
 const CONFIG: &str =
     "domain: tls\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 2}\n";
@@ -37,13 +37,6 @@ fn grpcurl(args: &[&str]) -> (bool, String) {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// A metric's value in Prometheus text, 0 when absent.
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }
 
 async fn tls_channel(addr: std::net::SocketAddr, ca: &str, identity: Option<&Pair>) -> Channel {
@@ -145,7 +138,7 @@ async fn grpcurl_over_tls_and_mtls_refuses_what_it_must() {
     ]);
     assert!(ok && out.contains("grpc.health.v1.Health"), "{out}");
 
-    let before = metric(
+    let before = sample(
         &sluice.metrics().await,
         "sluice_tls_handshake_failures_total{listener=\"grpc\"}",
     );
@@ -159,7 +152,7 @@ async fn grpcurl_over_tls_and_mtls_refuses_what_it_must() {
     assert!(!ok, "plaintext: {out}");
     // Each refusal is counted (grpcurl may retry a handshake: at least one each).
     let counted = eventually(Duration::from_secs(5), || async {
-        metric(
+        sample(
             &sluice.metrics().await,
             "sluice_tls_handshake_failures_total{listener=\"grpc\"}",
         ) >= before + 4
@@ -248,7 +241,7 @@ async fn rotation_by_symlink_swap_reaches_new_handshakes_and_spares_open_ones() 
     );
     let m = sluice.metrics().await;
     assert_eq!(
-        metric(
+        sample(
             &m,
             "sluice_tls_reloads_total{listener=\"grpc\",result=\"ok\"}"
         ),
@@ -256,7 +249,7 @@ async fn rotation_by_symlink_swap_reaches_new_handshakes_and_spares_open_ones() 
         "{m}"
     );
     assert_eq!(
-        metric(
+        sample(
             &m,
             "sluice_tls_reloads_total{listener=\"grpc\",result=\"error\"}"
         ),

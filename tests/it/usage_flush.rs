@@ -16,22 +16,7 @@ use sqlx::Connection as _;
 use crate::keys::{Admin, create_key, create_plan, limit, start_config};
 use crate::support::db::{Kind, TestDb};
 use crate::support::proxy::{Mode, Proxy};
-use crate::support::{OK, Sluice, codes, desc, eventually, req};
-
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread")]
-            async fn sqlite() {
-                super::$name(crate::support::db::Kind::Sqlite).await;
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn postgres() {
-                super::$name(crate::support::db::Kind::Postgres).await;
-            }
-        }
-    };
-}
+use crate::support::{OK, Sluice, codes, desc, eventually, metric, on_both, req, sample};
 
 // === the repository ===
 
@@ -142,20 +127,6 @@ descriptors:
 
 const FLUSHED: &str = "sluice_usage_flushes_total{outcome=\"ok\"}";
 const FAILED: &str = "sluice_usage_flushes_total{outcome=\"error\"}";
-
-/// The value of one sample (`name` or `name{labels}`), 0 when absent.
-fn sample(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name).then(|| v.parse::<f64>().ok())?
-        })
-        .map_or(0, |v| v as u64)
-}
-
-async fn metric(s: &Sluice, name: &str) -> u64 {
-    sample(&s.metrics().await, name)
-}
 
 /// `sluice_usage_flush_lag_seconds`.
 async fn lag(s: &Sluice) -> f64 {

@@ -438,3 +438,37 @@ pub fn tool(name: &str) -> PathBuf {
     }
     panic!("{name} not found in .venv/bin or PATH: run scripts/test.sh, which installs it");
 }
+
+/// The value of one sample (`name` or `name{labels}`, exactly as written)
+/// in Prometheus text, 0 when absent.
+pub fn sample(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name).then(|| v.parse::<f64>().ok())?
+        })
+        .map_or(0, |v| v as u64)
+}
+
+/// One sample of `s`'s `/metrics`, 0 when absent.
+pub async fn metric(s: &Sluice, name: &str) -> u64 {
+    sample(&s.metrics().await, name)
+}
+
+/// `on_both!(f)`: tests `f(Kind)` on SQLite and on PostgreSQL, as
+/// `f::sqlite` and `f::postgres`.
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sqlite() {
+                super::$name(crate::support::db::Kind::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres() {
+                super::$name(crate::support::db::Kind::Postgres).await;
+            }
+        }
+    };
+}
+pub(crate) use on_both;

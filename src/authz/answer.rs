@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::core::algorithm::Fallback;
 use crate::engine::{Code, Decision};
 use crate::keys::Verdict;
 use crate::keys::model::ResolvedKey;
@@ -242,13 +243,7 @@ pub fn render(outcome: Outcome, ctx: &Context<'_>) -> Answer {
             "The API key could not be checked just now; try again shortly.",
             vec![retry_after(1)],
         ),
-        Outcome::CounterStoreUnavailable => problem(
-            503,
-            "COUNTER_STORE_UNAVAILABLE",
-            "Rate limits could not be checked",
-            "The rate limits of this request could not be checked just now; try again shortly.",
-            vec![retry_after(1)],
-        ),
+        Outcome::CounterStoreUnavailable => counter_store_unavailable(),
         Outcome::Misconfigured => problem(
             500,
             "MISCONFIGURED",
@@ -278,6 +273,16 @@ pub fn render(outcome: Outcome, ctx: &Context<'_>) -> Answer {
     }
 }
 
+fn counter_store_unavailable() -> Answer {
+    problem(
+        503,
+        "COUNTER_STORE_UNAVAILABLE",
+        "Rate limits could not be checked",
+        "The rate limits of this request could not be checked just now; try again shortly.",
+        vec![retry_after(1)],
+    )
+}
+
 fn rate_headers(decision: &mut Decision) -> Vec<(String, String)> {
     decision
         .response_headers
@@ -302,6 +307,12 @@ fn decided(
     quota_exhausted: bool,
     ctx: &Context<'_>,
 ) -> Answer {
+    if decision.overall == Code::OverLimit && decision.degraded == Some(Fallback::Deny) {
+        // Refused by `--failure-mode deny` while the counter store is
+        // unreachable: nothing was counted and the numbers mean nothing,
+        // so not "rate limited" with a made-up Retry-After.
+        return counter_store_unavailable();
+    }
     if decision.overall == Code::OverLimit {
         let wait = decision
             .statuses

@@ -11,7 +11,9 @@
 //! outcome is shaped as an HTTP answer ([`answer`]): identity headers for
 //! the upstream and the raw key kept from it, or 401/403/429/503 with a
 //! problem+json body. A key the key store could not check is 503 whatever
-//! `--key-store-failure-mode` says, unless `cached` finds it in the cache.
+//! `--key-store-failure-mode` says, unless `cached` finds it in the cache;
+//! a request `--failure-mode deny` refused while Redis is unreachable is
+//! 503 too (not 429: nothing was counted).
 //!
 //! May depend on: `service`, `engine` (its types), `keys` (its types),
 //! `core`, the `store` trait, `telemetry::throttle`. Knows nothing of gRPC or HTTP server types;

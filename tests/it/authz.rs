@@ -23,6 +23,7 @@ use tonic::transport::Channel;
 use crate::keys::{Admin, create_key, create_plan, limit, start_config};
 use crate::support::avoid_minute_boundary;
 use crate::support::db::{Kind, TestDb};
+use crate::support::proxy::{Mode, Proxy};
 
 pub(crate) const CONFIG: &str = "\
 domain: api
@@ -489,6 +490,72 @@ async fn check_refuses_route_settings_it_cannot_use_and_guards_each_client() {
 }
 
 /// `/auth` as nginx, Traefik and Caddy call it.
+/// The key store (PostgreSQL behind a proxy) goes down: a key it cannot
+/// check is 503 KEY_STORE_UNAVAILABLE with Retry-After whatever
+/// `--key-store-failure-mode` says (the gateway has no identity to let
+/// through), and a key cached before the outage passes under `cached`
+/// only. Never an allow without a key the store vouched for.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_answers_per_the_failure_mode_when_the_key_store_is_down() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let url = proxy.url_for(&db.url);
+    let api = [("sluice.domain", "api")];
+    let ask_with = |secret: &str| check("/orders", "203.0.113.40", &[("x-api-key", secret)], &api);
+    for mode in ["cached", "deny", "allow"] {
+        proxy.set(Mode::Forward);
+        let s = start_config(
+            &db,
+            CONFIG,
+            &[
+                "--database-url",
+                url.as_str(),
+                "--key-store-timeout",
+                "300",
+                "--key-cache-ttl",
+                "1",
+                "--key-store-failure-mode",
+                mode,
+            ],
+        );
+        let mut admin = Admin::new(&s, "all").await;
+        let plan = format!("outage-{mode}");
+        create_plan(&mut admin, &plan, vec![limit(100, pb::Unit::Hour)]).await;
+        let (key, seen) = create_key(&mut admin, &plan, &["orders:read"]).await;
+        let (_, unseen) = create_key(&mut admin, &plan, &["orders:read"]).await;
+        let mut c = AuthorizationClient::new(s.channel().await);
+        // Cached twice, 1.2 s apart, so that the plan's creation notice
+        // (back over LISTEN/NOTIFY) cannot drop it after: then stale.
+        for _ in 0..2 {
+            let g = ask(&mut c, ask_with(&seen)).await;
+            assert_eq!(g.code(), "OK", "{mode}: {g:?}");
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+
+        proxy.set(Mode::Refuse);
+        let g = ask(&mut c, ask_with(&unseen)).await;
+        assert_eq!(
+            (g.http, g.code().as_str()),
+            (503, "KEY_STORE_UNAVAILABLE"),
+            "{mode}: {g:?}"
+        );
+        assert_eq!(g.rpc, tonic::Code::Unavailable as i32, "{mode}");
+        assert!(g.headers.contains_key("retry-after"), "{mode}: {g:?}");
+        assert_eq!(problem(&g)["status"], 503);
+        let g = ask(&mut c, ask_with(&seen)).await;
+        if mode == "cached" {
+            assert_eq!(g.code(), "OK", "{mode}: the cached key: {g:?}");
+            assert_eq!(g.headers["x-sluice-key-id"], key.id);
+        } else {
+            assert_eq!(
+                (g.http, g.code().as_str()),
+                (503, "KEY_STORE_UNAVAILABLE"),
+                "{mode}: the cached key: {g:?}"
+            );
+        }
+    }
+}
+
 async fn forward(t: &Setup, query: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut r = reqwest::Client::new()
         .get(t.sluice.http(&format!("/auth{query}")))

@@ -298,13 +298,18 @@ async fn a_hung_or_stopped_postgres_is_answered_within_the_bound() {
     );
     let keys = keys_on_a_plan(&s, 3).await;
     let mut rls = s.client().await;
-    assert_eq!(
-        call(&mut rls, keyed(&keys[0], "10.4.0.1"))
-            .await
-            .overall_code,
-        OK
-    );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Cached twice, 1.2 s apart: the plan's creation notice comes back over
+    // LISTEN/NOTIFY some time after the change and drops the plan's cached
+    // keys again; under load that can be after the first lookup.
+    for _ in 0..2 {
+        assert_eq!(
+            call(&mut rls, keyed(&keys[0], "10.4.0.1"))
+                .await
+                .overall_code,
+            OK
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
 
     for (mode, uncached) in [(Mode::Hang, &keys[1]), (Mode::Refuse, &keys[2])] {
         proxy.set(mode);

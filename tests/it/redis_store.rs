@@ -205,6 +205,101 @@ async fn ready(s: &Sluice) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// ext_authz Check while Redis is down: under `--failure-mode deny` a
+/// valid key's request is 503 COUNTER_STORE_UNAVAILABLE (not a 429 with a
+/// made-up Retry-After), under `allow` it goes through identified; both
+/// recover by themselves.
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_check_while_redis_is_down() {
+    use crate::authz::{CONFIG as AUTHZ, check, flatten};
+    use crate::keys::{Admin, create_key, create_plan, limit, start_config};
+    use crate::support::db::{Kind, TestDb};
+    use sluice::grpc::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use sluice::grpc::pb::sluice::v1 as pb;
+
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let db = TestDb::new(Kind::Sqlite).await;
+    let deny = start_config(
+        &db,
+        AUTHZ,
+        &[
+            "--redis-url",
+            &url,
+            "--redis-timeout",
+            "250",
+            "--failure-mode",
+            "deny",
+        ],
+    );
+    let allow = start_config(
+        &db,
+        AUTHZ,
+        &[
+            "--redis-url",
+            &url,
+            "--redis-timeout",
+            "250",
+            "--failure-mode",
+            "allow",
+        ],
+    );
+    let mut admin = Admin::new(&deny, "all").await;
+    create_plan(&mut admin, "gw", vec![limit(1000, pb::Unit::Hour)]).await;
+    let (key, secret) = create_key(&mut admin, "gw", &["orders:read"]).await;
+    let req = || {
+        check(
+            "/orders",
+            "203.0.113.50",
+            &[("x-api-key", secret.as_str())],
+            &[("sluice.domain", "api")],
+        )
+    };
+    let mut d = AuthorizationClient::new(deny.channel().await);
+    let mut a = AuthorizationClient::new(allow.channel().await);
+    let code = |g: &crate::authz::Got| (g.http, g.code());
+    let ask = |c: &mut AuthorizationClient<tonic::transport::Channel>| {
+        let mut c = c.clone();
+        let r = req();
+        async move { flatten(c.check(r).await.unwrap().into_inner()) }
+    };
+    assert_eq!(code(&ask(&mut d).await), (200, "OK".to_string()));
+    assert_eq!(code(&ask(&mut a).await), (200, "OK".to_string()));
+
+    redis.stop();
+    let mut refused = None;
+    for _ in 0..50 {
+        let g = ask(&mut d).await;
+        if g.http != 200 {
+            refused = Some(g);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let g = refused.expect("deny refused within 5 s");
+    assert_eq!(
+        code(&g),
+        (503, "COUNTER_STORE_UNAVAILABLE".to_string()),
+        "{g:?}"
+    );
+    assert_eq!(g.headers["retry-after"], "1");
+    assert_eq!(g.rpc, tonic::Code::Unavailable as i32);
+    let g = ask(&mut a).await;
+    assert_eq!(code(&g), (200, "OK".to_string()), "allow: {g:?}");
+    assert_eq!(g.headers["x-sluice-key-id"], key.id);
+
+    redis.start_again();
+    let mut back = false;
+    for _ in 0..150 {
+        if ask(&mut d).await.http == 200 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "deny did not recover within 15 s");
+}
+
 #[tokio::test]
 async fn failure_modes_while_redis_is_down_and_recovery() {
     let mut redis = RedisServer::start();

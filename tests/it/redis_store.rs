@@ -255,21 +255,21 @@ async fn gateway_check_while_redis_is_down() {
             &[("sluice.domain", "api")],
         )
     };
-    let mut d = AuthorizationClient::new(deny.channel().await);
-    let mut a = AuthorizationClient::new(allow.channel().await);
+    let d = AuthorizationClient::new(deny.channel().await);
+    let a = AuthorizationClient::new(allow.channel().await);
     let code = |g: &crate::authz::Got| (g.http, g.code());
-    let ask = |c: &mut AuthorizationClient<tonic::transport::Channel>| {
+    let ask = |c: &AuthorizationClient<tonic::transport::Channel>| {
         let mut c = c.clone();
         let r = req();
         async move { flatten(c.check(r).await.unwrap().into_inner()) }
     };
-    assert_eq!(code(&ask(&mut d).await), (200, "OK".to_string()));
-    assert_eq!(code(&ask(&mut a).await), (200, "OK".to_string()));
+    assert_eq!(code(&ask(&d).await), (200, "OK".to_string()));
+    assert_eq!(code(&ask(&a).await), (200, "OK".to_string()));
 
     redis.stop();
     let mut refused = None;
     for _ in 0..50 {
-        let g = ask(&mut d).await;
+        let g = ask(&d).await;
         if g.http != 200 {
             refused = Some(g);
             break;
@@ -284,14 +284,14 @@ async fn gateway_check_while_redis_is_down() {
     );
     assert_eq!(g.headers["retry-after"], "1");
     assert_eq!(g.rpc, tonic::Code::Unavailable as i32);
-    let g = ask(&mut a).await;
+    let g = ask(&a).await;
     assert_eq!(code(&g), (200, "OK".to_string()), "allow: {g:?}");
     assert_eq!(g.headers["x-sluice-key-id"], key.id);
 
     redis.start_again();
     let mut back = false;
     for _ in 0..150 {
-        if ask(&mut d).await.http == 200 {
+        if ask(&d).await.http == 200 {
             back = true;
             break;
         }

@@ -518,13 +518,7 @@ async fn check_answers_per_the_failure_mode_when_the_key_store_is_down() {
                 mode,
             ],
         );
-        // The key-change listener drops everything cached when it
-        // connects: wait for it before caching anything.
-        // (PostgreSQL's; with Redis configured its listener says "on Redis".)
-        while s
-            .wait_log("listening for key changes", Duration::from_secs(10))
-            .contains("on Redis")
-        {}
+        s.wait_key_listener();
         let mut admin = Admin::new(&s, "all").await;
         let plan = format!("outage-{mode}");
         create_plan(&mut admin, &plan, vec![limit(100, pb::Unit::Hour)]).await;

@@ -296,14 +296,7 @@ async fn a_hung_or_stopped_postgres_is_answered_within_the_bound() {
             "1",
         ],
     );
-    // The key-change listener drops everything cached when it connects
-    // (changes made while it was not listening are unknown); under load its
-    // first connect can come after the lookup below, so wait for it.
-    // (PostgreSQL's; with Redis configured its listener says "on Redis".)
-    while s
-        .wait_log("listening for key changes", Duration::from_secs(10))
-        .contains("on Redis")
-    {}
+    s.wait_key_listener();
     let keys = keys_on_a_plan(&s, 3).await;
     let mut rls = s.client().await;
     assert_eq!(

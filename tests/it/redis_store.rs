@@ -220,30 +220,21 @@ async fn gateway_check_while_redis_is_down() {
     let mut redis = RedisServer::start();
     let url = redis.url();
     let db = TestDb::new(Kind::Sqlite).await;
-    let deny = start_config(
-        &db,
-        AUTHZ,
-        &[
-            "--redis-url",
-            &url,
-            "--redis-timeout",
-            "250",
-            "--failure-mode",
-            "deny",
-        ],
-    );
-    let allow = start_config(
-        &db,
-        AUTHZ,
-        &[
-            "--redis-url",
-            &url,
-            "--redis-timeout",
-            "250",
-            "--failure-mode",
-            "allow",
-        ],
-    );
+    let on_redis = |mode: &str| {
+        start_config(
+            &db,
+            AUTHZ,
+            &[
+                "--redis-url",
+                &url,
+                "--redis-timeout",
+                "250",
+                "--failure-mode",
+                mode,
+            ],
+        )
+    };
+    let (deny, allow) = (on_redis("deny"), on_redis("allow"));
     let mut admin = Admin::new(&deny, "all").await;
     create_plan(&mut admin, "gw", vec![limit(1000, pb::Unit::Hour)]).await;
     let (key, secret) = create_key(&mut admin, "gw", &["orders:read"]).await;

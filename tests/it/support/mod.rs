@@ -266,6 +266,19 @@ impl Sluice {
         }
     }
 
+    /// Waits (bounded) until the PostgreSQL key-change listener is
+    /// listening. It drops everything cached when it connects (changes made
+    /// while it was not listening are unknown), and under load its first
+    /// connect can come after a test's first lookup: a test that needs a
+    /// cached entry to stay waits for it first. (With Redis configured, the
+    /// Redis listener's line says "on Redis" and is skipped.)
+    pub fn wait_key_listener(&self) {
+        while self
+            .wait_log("listening for key changes", Duration::from_secs(10))
+            .contains("on Redis")
+        {}
+    }
+
     /// Waits (bounded) for a log line containing `needle`.
     pub fn wait_log(&self, needle: &str, limit: Duration) -> String {
         let deadline = Instant::now() + limit;

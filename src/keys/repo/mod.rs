@@ -372,9 +372,23 @@ impl Repository {
     /// Begins an admin change.
     async fn begin(&self) -> Result<Work, ChangeError> {
         Ok(Work {
-            tx: self.pool.begin().await?,
+            tx: self.begin_write().await?,
             backend: self.backend,
         })
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write
+    /// lock at once (`BEGIN IMMEDIATE`), waiting for it up to the
+    /// connection's `busy_timeout`: a plain `BEGIN` reads first and takes
+    /// the lock at its first write, and when another connection has
+    /// committed in between, SQLite refuses that write at once ("database
+    /// is locked") without waiting, so two admin changes, or one and a
+    /// usage flush, would fail each other.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
     }
 }
 

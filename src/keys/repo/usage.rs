@@ -119,7 +119,7 @@ impl Repository {
         }
         let latest: Vec<_> = latest.into_iter().collect();
 
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let recorded = sqlx::query(
             "INSERT INTO usage_flushes (flush_id, applied_at) VALUES ($1, $2) \
              ON CONFLICT (flush_id) DO NOTHING",

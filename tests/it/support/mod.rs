@@ -301,6 +301,19 @@ impl Drop for Sluice {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what sluice said (the lines no step of the
+        // test read), so a failure seen once in CI carries its cause.
+        if std::thread::panicking() && std::env::var_os("TEST_LOG").is_none() {
+            let unread: Vec<String> = self.logs.try_iter().collect();
+            let skip = unread.len().saturating_sub(200);
+            eprintln!(
+                "---- sluice on {} (start-up, then the last {} unread lines) ----\n{}\n...\n{}",
+                self.grpc_addr,
+                unread.len() - skip,
+                self.startup.join("\n"),
+                unread[skip..].join("\n")
+            );
+        }
     }
 }
 

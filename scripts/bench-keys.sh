@@ -13,7 +13,8 @@
 # CheckRequest as Envoy sends it (source address, the usual request
 # headers, the key in `authorization: Bearer`, the route's
 # context_extensions naming the domain), answered OK with identity headers.
-# Latency percentiles come from h2load's per-request log. Prints a table.
+# Latency percentiles come from h2load's per-request log, sluice's CPU time
+# per 1000 requests (user + system, from /proc) from the run. Prints a table.
 #
 # Needs: cargo, h2load (nghttp2-client), python3, a PostgreSQL server.
 set -euo pipefail
@@ -55,6 +56,9 @@ start() {
     echo "sluice did not start" >&2; exit 1
 }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
+# sluice's CPU time so far (user + system, clock ticks), for the CPU per
+# 1000 requests column: what the kernel spends on its sockets included.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 
 start
 export SLUICE_ADDR=http://$ADMIN SLUICE_TOKEN=$("$BIN" token --scope all --ttl 10m)
@@ -71,19 +75,23 @@ run() { # label, path, body, extra h2load args...
     # h2load appends to an existing log file: without this, every run's
     # percentiles would include the runs before it.
     rm -f "$work/log"
+    local cpu0 cpu1
+    cpu0=$(cpu_ticks)
     h2load -n "$N" "$@" -H 'content-type: application/grpc' -H 'te: trailers' \
         -d "$body" --log-file "$work/log" \
         "http://$GRPC/$path" > "$work/out"
+    cpu1=$(cpu_ticks)
     load1=$(cut -d' ' -f1 /proc/loadavg)
-    python3 - "$label" "$work/out" "$work/log" <<'PY'
+    python3 - "$label" "$work/out" "$work/log" "$cpu0" "$cpu1" "$(getconf CLK_TCK)" "$N" <<'PY'
 import re, sys
-label, out, log = sys.argv[1:]
+label, out, log, cpu0, cpu1, hz, n = sys.argv[1:]
+cpu = (int(cpu1) - int(cpu0)) * 1000 / int(hz) * 1000 / int(n)
 text = open(out).read()
 rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text).group(1)
 ok = re.search(r"(\d+) succeeded", text).group(1)
 d = sorted(int(l.split("\t")[2]) for l in open(log) if l.count("\t") >= 2 and l.split("\t")[1] != "-1")
 q = lambda p: d[min(len(d) - 1, int(p * len(d)))] / 1000
-print(f"| {label} | {float(rps):,.0f} | {q(0.50):.3f} | {q(0.99):.3f} | {q(0.999):.3f} | {ok} |", end="")
+print(f"| {label} | {float(rps):,.0f} | {q(0.50):.3f} | {q(0.99):.3f} | {q(0.999):.3f} | {cpu:.1f} | {ok} |", end="")
 PY
     # h2load does not read gRPC trailers: one real call says what the
     # answers were (grpcurl from .venv, installed by scripts/test.sh).
@@ -103,8 +111,8 @@ PY
 VK=sluice.v1.KeyService/ValidateKey
 CHECK=envoy.service.auth.v3.Authorization/Check
 echo "load average at start: $(uptime)"
-echo "| call (PostgreSQL key store, cost 1) | req/s | p50 ms | p99 ms | p99.9 ms | succeeded | answer after | load avg before → after |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| call (PostgreSQL key store, cost 1) | req/s | p50 ms | p99 ms | p99.9 ms | sluice CPU ms per 1000 req | succeeded | answer after | load avg before → after |"
+echo "|---|---|---|---|---|---|---|---|---|"
 run "ValidateKey, warm cache, 10k req/s offered (10 conns x 1000/s)" $VK "$work/body" -c 10 -m 1 --rps 1000
 run "Check, warm cache, 10k req/s offered (10 conns x 1000/s)" $CHECK "$work/check" -c 10 -m 1 --rps 1000
 run "ValidateKey, warm cache, flat out (16 conns x 16 streams)" $VK "$work/body" -c 16 -m 16

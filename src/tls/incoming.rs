@@ -110,11 +110,15 @@ impl AsyncWrite for Conn {
         }
     }
 
+    /// Says no, on purpose: HTTP/2 (h2) then copies a DATA frame of up to
+    /// 1 KiB into its write buffer and sends a whole small response
+    /// (headers, message, trailers) in one write, where with vectored
+    /// writes it keeps any frame over 256 bytes apart and writes it before
+    /// it takes the trailers: two writes (and, over TLS, two records) for
+    /// an ext_authz Check's OK answer. Measured in docs/benchmarks.md
+    /// section 6.
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Conn::Plain(s) => s.is_write_vectored(),
-            Conn::Tls(s) => s.is_write_vectored(),
-        }
+        false
     }
 }
 

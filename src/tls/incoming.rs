@@ -4,7 +4,8 @@
 //! the listener's configuration as it is at that moment. Failed handshakes
 //! (no client certificate, an unknown CA, an expired certificate, a
 //! plaintext client) are counted and logged at debug; they never end the
-//! stream.
+//! stream. A connection tells HTTP/2 it takes no vectored writes, so a
+//! small answer goes out in one write (see `Conn::is_write_vectored`).
 
 use std::future::Future as _;
 use std::io;

@@ -14,7 +14,7 @@ use crate::support::redis::{RedisServer, free_port};
 use crate::support::{BIN, Opts, Sluice, call, desc, req};
 
 const CONFIG: &str =
-    "domain: ks\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n";
+    "domain: ks\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 1}\n";
 
 #[cfg(unix)]
 fn mode(p: &Path) -> u32 {

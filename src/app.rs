@@ -403,6 +403,7 @@ impl Application {
             flusher,
             cache: key_cache,
         } = KeyParts::new(repo.clone(), hasher, engine.clone(), cfg.keys.options, bus);
+        keys.warm().await;
         let auth = Arc::new(auth);
         let grpc = TcpListener::bind(cfg.grpc_addr)
             .await

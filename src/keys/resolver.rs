@@ -310,6 +310,14 @@ impl<S: CounterStore> Resolver<S> {
         }
     }
 
+    /// Opens the lookup pool's first connection (at start-up, before
+    /// requests come); when it cannot, lookups open it when they need it.
+    pub async fn warm(&self) {
+        if let Err(e) = self.repo.warm().await {
+            tracing::warn!(error = %e, "the key lookup pool could not open a connection yet; lookups will open one");
+        }
+    }
+
     /// While lookups fail, runs the lookup query once (for a hash no key
     /// has, bounded by the timeout), so health recovers without traffic.
     pub async fn probe(&self) {

@@ -594,6 +594,34 @@ async fn json_is_decided_on_the_key_like_grpc() {
     assert_eq!(v.code, pb::ValidationCode::RateLimited as i32);
 }
 
+/// A key store whose connections take longer to open than a lookup may
+/// wait (a remote PostgreSQL: TCP, TLS, authentication): the lookup pool
+/// opens its connection at start-up, so the first lookups find it open
+/// and are answered, not left to the failure mode.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_lookups_find_a_connection_open() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let url = proxy.url_for(&db.url);
+    proxy.set_connect_delay(Duration::from_millis(1000));
+    let s = start_config(
+        &db,
+        &config("deny"),
+        &[
+            "--database-url",
+            url.as_str(),
+            "--key-store-timeout",
+            "300",
+            "--key-store-failure-mode",
+            "deny",
+        ],
+    );
+    let keys = keys_on_a_plan(&s, 1).await;
+    let mut rls = s.client().await;
+    let r = call(&mut rls, keyed(&keys[0], "10.7.0.1")).await;
+    assert_eq!(r.overall_code, OK, "{r:?}");
+}
+
 /// The gateway (`/auth`) resolves keys through the same path: a malformed
 /// key is an unknown key without a lookup, and a key the hung key store
 /// cannot check is 503 even in `allow` mode (no identity to let through),

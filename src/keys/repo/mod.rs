@@ -292,15 +292,18 @@ impl Repository {
     /// lookups: connections of its own (admin changes and usage writes
     /// never hold them up) and a bound of its own: PostgreSQL cancels a
     /// statement past `timeout` (`statement_timeout`), SQLite waits at most
-    /// `timeout` for a lock (`busy_timeout`), and a free connection is
-    /// waited for at most `timeout`. Connects lazily, keeping one warm.
+    /// `timeout` for a lock (`busy_timeout`); the caller bounds each
+    /// lookup, connection wait included, by `timeout` too. Connects lazily
+    /// and keeps one connection once open; [`Repository::warm`] opens it.
     pub fn lookups(&self, max_connections: u32, timeout: Duration) -> Repository {
         let backend = self.backend;
         let ms = timeout.as_millis().max(1);
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .min_connections(1)
-            .acquire_timeout(timeout)
+            // The pool's own bound is the longer one, so that
+            // `warm` can take as long as a connection takes to open.
+            .acquire_timeout(CONNECT_TIMEOUT.max(timeout))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     match backend {
@@ -323,6 +326,23 @@ impl Repository {
             backend,
             sqlite_file: self.sqlite_file.clone(),
         }
+    }
+
+    /// Opens a connection now if none is open, within [`CONNECT_TIMEOUT`],
+    /// and leaves it in the pool: on a pool made by [`Repository::lookups`]
+    /// the first lookups after start-up then find one open instead of
+    /// paying for TCP, TLS and authentication inside their own bound (100
+    /// ms by default, less than a remote PostgreSQL may need).
+    ///
+    /// # Errors
+    /// [`RepoError::ConnectTimeout`], or [`RepoError::Db`] when the
+    /// database refuses.
+    pub async fn warm(&self) -> Result<(), RepoError> {
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.pool.acquire())
+            .await
+            .map_err(|_| RepoError::ConnectTimeout(CONNECT_TIMEOUT))??;
+        drop(conn);
+        Ok(())
     }
 
     pub const fn backend(&self) -> Backend {

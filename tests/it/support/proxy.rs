@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -38,6 +38,8 @@ pub enum Mode {
 pub struct Proxy {
     pub addr: SocketAddr,
     mode: Arc<AtomicU8>,
+    /// Milliseconds a new connection waits before it is forwarded.
+    connect_delay: Arc<AtomicU64>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -49,9 +51,10 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mode = Arc::new(AtomicU8::new(FORWARD));
+        let connect_delay = Arc::new(AtomicU64::new(0));
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = {
-            let (mode, conns) = (mode.clone(), conns.clone());
+            let (mode, conns, delay) = (mode.clone(), conns.clone(), connect_delay.clone());
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
                     if mode.load(Ordering::SeqCst) == REFUSE {
@@ -59,7 +62,9 @@ impl Proxy {
                         continue;
                     }
                     let mode = mode.clone();
+                    let delay = Duration::from_millis(delay.load(Ordering::SeqCst));
                     let task = tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
                         let Ok(server) = TcpStream::connect(target).await else {
                             return;
                         };
@@ -82,9 +87,18 @@ impl Proxy {
         Proxy {
             addr,
             mode,
+            connect_delay,
             conns,
             accept,
         }
+    }
+
+    /// Makes every new connection wait `delay` before it reaches the
+    /// server (a server far away, or slow to authenticate); connections
+    /// already open are not slowed.
+    pub fn set_connect_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.connect_delay.store(ms, Ordering::SeqCst);
     }
 
     pub fn set(&self, m: Mode) {

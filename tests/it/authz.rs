@@ -20,6 +20,7 @@ use sluice::grpc::pb::envoy::service::auth::v3::{
 use sluice::grpc::pb::sluice::v1 as pb;
 use tonic::transport::Channel;
 
+use crate::key_path::start_behind;
 use crate::keys::{Admin, create_key, create_plan, limit, start_config};
 use crate::support::avoid_minute_boundary;
 use crate::support::db::{Kind, TestDb};
@@ -499,24 +500,15 @@ async fn check_refuses_route_settings_it_cannot_use_and_guards_each_client() {
 async fn check_answers_per_the_failure_mode_when_the_key_store_is_down() {
     let db = TestDb::new(Kind::Postgres).await;
     let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let url = proxy.url_for(&db.url);
     let api = [("sluice.domain", "api")];
     let ask_with = |secret: &str| check("/orders", "203.0.113.40", &[("x-api-key", secret)], &api);
     for mode in ["cached", "deny", "allow"] {
         proxy.set(Mode::Forward);
-        let s = start_config(
+        let s = start_behind(
             &db,
+            &proxy,
             CONFIG,
-            &[
-                "--database-url",
-                url.as_str(),
-                "--key-store-timeout",
-                "300",
-                "--key-cache-ttl",
-                "1",
-                "--key-store-failure-mode",
-                mode,
-            ],
+            &["--key-cache-ttl", "1", "--key-store-failure-mode", mode],
         );
         s.wait_key_listener();
         let mut admin = Admin::new(&s, "all").await;

@@ -51,6 +51,15 @@ fn problem_code(r: &RateLimitResponse) -> String {
 }
 
 /// Plan `p` (100 per hour) and `n` keys on it.
+/// Starts sluice on `config` with the key store `db` reached through
+/// `proxy`, each lookup bounded at 300 ms, and `extra` arguments.
+pub(crate) fn start_behind(db: &TestDb, proxy: &Proxy, config: &str, extra: &[&str]) -> Sluice {
+    let url = proxy.url_for(&db.url);
+    let mut args = vec!["--database-url", url.as_str(), "--key-store-timeout", "300"];
+    args.extend_from_slice(extra);
+    start_config(db, config, &args)
+}
+
 async fn keys_on_a_plan(s: &Sluice, n: usize) -> Vec<String> {
     let mut a = Admin::new(s, "all").await;
     create_plan(&mut a, "p", vec![limit(100, pb::Unit::Hour)]).await;
@@ -283,19 +292,7 @@ async fn deny_and_allow_failure_modes_and_readiness() {
 async fn a_hung_or_stopped_postgres_is_answered_within_the_bound() {
     let db = TestDb::new(Kind::Postgres).await;
     let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let url = proxy.url_for(&db.url);
-    let s = start_config(
-        &db,
-        &config("deny"),
-        &[
-            "--database-url",
-            url.as_str(),
-            "--key-store-timeout",
-            "300",
-            "--key-cache-ttl",
-            "1",
-        ],
-    );
+    let s = start_behind(&db, &proxy, &config("deny"), &["--key-cache-ttl", "1"]);
     s.wait_key_listener();
     let keys = keys_on_a_plan(&s, 3).await;
     let mut rls = s.client().await;
@@ -602,19 +599,12 @@ async fn json_is_decided_on_the_key_like_grpc() {
 async fn the_first_lookups_find_a_connection_open() {
     let db = TestDb::new(Kind::Postgres).await;
     let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let url = proxy.url_for(&db.url);
     proxy.set_connect_delay(Duration::from_millis(1000));
-    let s = start_config(
+    let s = start_behind(
         &db,
+        &proxy,
         &config("deny"),
-        &[
-            "--database-url",
-            url.as_str(),
-            "--key-store-timeout",
-            "300",
-            "--key-store-failure-mode",
-            "deny",
-        ],
+        &["--key-store-failure-mode", "deny"],
     );
     let keys = keys_on_a_plan(&s, 1).await;
     let mut rls = s.client().await;
@@ -630,18 +620,11 @@ async fn the_first_lookups_find_a_connection_open() {
 async fn the_gateway_resolves_keys_through_the_same_bounded_path() {
     let db = TestDb::new(Kind::Postgres).await;
     let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let url = proxy.url_for(&db.url);
-    let s = start_config(
+    let s = start_behind(
         &db,
+        &proxy,
         &config("deny"),
-        &[
-            "--database-url",
-            url.as_str(),
-            "--key-store-timeout",
-            "300",
-            "--key-store-failure-mode",
-            "allow",
-        ],
+        &["--key-store-failure-mode", "allow"],
     );
     let keys = keys_on_a_plan(&s, 2).await;
     let http = reqwest::Client::new();

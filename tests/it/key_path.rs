@@ -50,7 +50,6 @@ fn problem_code(r: &RateLimitResponse) -> String {
     body["code"].as_str().unwrap().to_string()
 }
 
-/// Plan `p` (100 per hour) and `n` keys on it.
 /// Starts sluice on `config` with the key store `db` reached through
 /// `proxy`, each lookup bounded at 300 ms, and `extra` arguments.
 pub(crate) fn start_behind(db: &TestDb, proxy: &Proxy, config: &str, extra: &[&str]) -> Sluice {
@@ -60,6 +59,7 @@ pub(crate) fn start_behind(db: &TestDb, proxy: &Proxy, config: &str, extra: &[&s
     start_config(db, config, &args)
 }
 
+/// Plan `p` (100 per hour) and `n` keys on it.
 async fn keys_on_a_plan(s: &Sluice, n: usize) -> Vec<String> {
     let mut a = Admin::new(s, "all").await;
     create_plan(&mut a, "p", vec![limit(100, pb::Unit::Hour)]).await;
